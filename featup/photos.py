@@ -84,7 +84,7 @@ def load_image(path_or_url: str, storage_options: Mapping | None = None) -> np.n
         raise FileNotFoundError(f"image not found: {path_or_url}") from e
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path_or_url} is not a readable image ({e}); is the file corrupt or truncated?") from e
-    return np.asarray(image.convert("RGB"))
+    return np.array(image.convert("RGB"))
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

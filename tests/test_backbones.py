@@ -126,6 +126,6 @@ def test_efficientnet_lite0_stride16_tap_and_cam():
         feats = s32(s32.normalize(image))
         cam = s32.class_activation_map(feats, 285)
         logits = s32.class_logits(feats)
-    assert cam.shape == (1, 7, 7)
+    assert cam.shape == (1, *feats.shape[-2:]) == (1, 7, 11)  # 300×451 photo, short side 224
     # The CAM's spatial mean is the class logit minus the bias: the head is linear after pooling.
     assert torch.allclose(cam.mean((1, 2)) + s32.classifier.bias[285], logits[:, 285], atol=1e-4)
