@@ -1,0 +1,60 @@
+"""A dataset's source folder on any fsspec URL: list files, read them, find their optional depth maps."""
+
+from __future__ import annotations
+
+import posixpath
+
+import numpy as np
+
+from featup.data.images import ImageError, decode_depth
+from featup.data.storage import StorageOptions, filesystem
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff", ".gif")
+DEPTH_SUFFIXES = (".npy", ".png")
+
+
+class SourceTree:
+    """Files under ``root`` (a local path or URL), addressed by paths relative to it."""
+
+    def __init__(self, root: str, storage_options: StorageOptions = None):
+        self.url = root
+        self.fs, self.root = filesystem(root, storage_options)
+        if not self.fs.isdir(self.root):
+            raise FileNotFoundError(f"dataset folder {root} does not exist (or is not a folder): check the path")
+
+    def find(self, sub: str = "", suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[str]:
+        """Relative paths of the files under ``sub`` whose suffix is in ``suffixes``, sorted."""
+        base = posixpath.join(self.root, sub) if sub else self.root
+        if not self.fs.isdir(base):
+            raise FileNotFoundError(f"{posixpath.join(self.url, sub)} does not exist: is this the right layout/split?")
+        found = self.fs.find(base)
+        rels = (posixpath.relpath(p, self.root) for p in found)
+        return sorted(r for r in rels if r.lower().endswith(suffixes))
+
+    def exists(self, rel: str) -> bool:
+        """Whether ``rel`` exists."""
+        return self.fs.exists(posixpath.join(self.root, rel))
+
+    def read(self, rel: str) -> bytes:
+        """The bytes of ``rel``."""
+        return self.fs.cat_file(posixpath.join(self.root, rel))
+
+
+def key_for(rel: str) -> str:
+    """A stable sample key from a relative path: no extension, dots replaced (webdataset splits at '.')."""
+    stem = posixpath.splitext(rel)[0]
+    return stem.replace(".", "_")
+
+
+def read_depth(tree: SourceTree | None, stem: str, scale: float) -> tuple[np.ndarray | None, str | None]:
+    """The depth map ``<stem>.npy`` or ``<stem>.png`` in ``tree`` (None if absent) and a problem, if any."""
+    if tree is None:
+        return None, None
+    for suffix in DEPTH_SUFFIXES:
+        rel = stem + suffix
+        if tree.exists(rel):
+            try:
+                return decode_depth(tree.read(rel), name=rel, scale=scale), None
+            except ImageError as exc:
+                return None, f"depth map {rel}: {exc}"
+    return None, None

@@ -1,0 +1,151 @@
+"""Learned downsamplers that model how a backbone pools high-resolution features onto its grid.
+
+Both take high-res features B×C×H×W and a requested low-res grid (h, w) and return B×C×h×w. Window
+``(y, x)`` covers input rows ``stride·y .. stride·y + kernel_size - 1`` (columns likewise), so the grid
+needs an input of ``stride·(h-1) + kernel_size`` rows; an input of another size is first resampled
+bilinearly to that span, which is how any image size and aspect ratio maps onto any grid. Nothing is
+created on a fixed device, and nothing is random in eval mode.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["AttentionDownsampler", "SimpleDownsampler", "gaussian_blur"]
+
+
+def gaussian_blur(x: torch.Tensor, kernel_size: int = 5, sigma: float = 1.0) -> torch.Tensor:
+    """Blur each channel of a B×C×H×W map with a normalised Gaussian (reflect border), as two 1-D passes."""
+    radius = kernel_size // 2
+    taps = torch.arange(kernel_size, device=x.device, dtype=x.dtype) - radius
+    kernel = torch.exp(-taps.square() / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    x = F.pad(x, [radius] * 4, mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+
+
+def _fit_span(x: torch.Tensor, output_size: tuple[int, int], kernel_size: int, stride: int) -> torch.Tensor:
+    """Resample x so that an (h, w) grid of kernel_size windows at this stride tiles it exactly."""
+    h, w = output_size
+    if h < 1 or w < 1:
+        raise ValueError(f"got output_size {output_size}; expected a positive (height, width)")
+    span = (stride * (h - 1) + kernel_size, stride * (w - 1) + kernel_size)
+    if tuple(x.shape[-2:]) == span:
+        return x
+    return F.interpolate(x, size=span, mode="bilinear", align_corners=False)
+
+
+def _check(x: torch.Tensor) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"expected high-res features B×C×H×W, got shape {tuple(x.shape)}")
+
+
+class SimpleDownsampler(nn.Module):
+    """One learned k×k kernel (|w| / Σ|w|), applied to every channel with a stride: a learned blur-and-subsample."""
+
+    def __init__(self, kernel_size: int, stride: int):
+        super().__init__()
+        if kernel_size < 1 or stride < 1:
+            raise ValueError(f"got kernel_size={kernel_size}, stride={stride}; both must be >= 1")
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.weight = nn.Parameter(torch.ones(kernel_size, kernel_size))
+
+    def kernel(self) -> torch.Tensor:
+        """The normalised non-negative k×k kernel."""
+        k = self.weight.abs()
+        return k / k.sum().clamp_min(1e-12)
+
+    def forward(self, features: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        """Downsample B×C×H×W features to B×C×h×w."""
+        _check(features)
+        x = _fit_span(features, output_size, self.kernel_size, self.stride)
+        b, c, hh, ww = x.shape
+        kernel = self.kernel().to(x.dtype)[None, None]
+        out = F.conv2d(x.reshape(b * c, 1, hh, ww), kernel, stride=self.stride)
+        return out.reshape(b, c, *output_size)
+
+
+class AttentionDownsampler(nn.Module):
+    """Softmax attention pooling over (possibly overlapping) k×k windows of blurred features.
+
+    Per pixel a saliency logit ``Linear(C→1)`` (dropout 0.2 on its input while training) is scaled by a
+    learned per-tap weight and shifted by a learned per-tap bias; the softmax over each window weights the
+    blurred features. The windows are never unfolded with their channels: the weighted sum runs over
+    stride×stride blocks, so memory stays at the size of the feature map even for overlapping windows.
+
+    Blur, resampling and jitter are linear and per channel, so the saliency logits can be taken before
+    them: ``forward(values, size, saliency=s)`` pools any linear image of the features (a random
+    projection of them, say) with the attention the full features would have had.
+    """
+
+    def __init__(self, dim: int, kernel_size: int, stride: int, dropout: float = 0.2):
+        super().__init__()
+        if kernel_size < 1 or stride < 1:
+            raise ValueError(f"got kernel_size={kernel_size}, stride={stride}; both must be >= 1")
+        self.dim = dim
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.dropout = nn.Dropout(dropout)
+        self.saliency = nn.Linear(dim, 1)
+        self.w = nn.Parameter(torch.ones(kernel_size, kernel_size) + 0.01 * torch.randn(kernel_size, kernel_size))
+        self.b = nn.Parameter(torch.zeros(kernel_size, kernel_size) + 0.01 * torch.randn(kernel_size, kernel_size))
+
+    def saliency_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Per-pixel saliency logit B×1×H×W of B×C×H×W features."""
+        _check(features)
+        if features.shape[1] != self.dim:
+            raise ValueError(f"AttentionDownsampler was built for {self.dim} channels, got {features.shape[1]}")
+        weight = self.saliency.weight[:, :, None, None].to(features.dtype)
+        return F.conv2d(self.dropout(features), weight, self.saliency.bias.to(features.dtype))
+
+    def attention(self, saliency: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        """Softmax weights B×h×w×k×k of each window's taps, from a saliency map that already spans the windows."""
+        k = self.kernel_size
+        b = saliency.shape[0]
+        h, w = output_size
+        windows = F.unfold(saliency, k, stride=self.stride).view(b, k * k, h, w).permute(0, 2, 3, 1)
+        scores = windows * self.w.flatten().to(saliency.dtype) + self.b.flatten().to(saliency.dtype)
+        # The softmax runs in at least float32 so half-precision windows of 841 taps still sum to one.
+        attn = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+        return attn.to(saliency.dtype).view(b, h, w, k, k)
+
+    def forward(self, features: torch.Tensor, output_size: tuple[int, int],
+                saliency: torch.Tensor | None = None) -> torch.Tensor:
+        """Downsample B×C×H×W features to B×C×h×w; with ``saliency`` (B×1×H×W logits) C may be anything."""
+        _check(features)
+        if saliency is None:
+            saliency = self.saliency_logits(features)
+        elif saliency.shape != (features.shape[0], 1, *features.shape[-2:]):
+            raise ValueError(f"saliency must be B×1×H×W = {(features.shape[0], 1, *features.shape[-2:])}, "
+                             f"got {tuple(saliency.shape)}")
+        both = _fit_span(torch.cat([saliency.to(features.dtype), features], 1), output_size,
+                         self.kernel_size, self.stride)
+        both = gaussian_blur(both)
+        return _window_sum(both[:, 1:], self.attention(both[:, :1], output_size), self.stride)
+
+
+def _window_sum(x: torch.Tensor, attn: torch.Tensor, stride: int) -> torch.Tensor:
+    """out[b,c,y,x] = Σ_ij attn[b,y,x,i,j] · x[b,c,stride·y+i,stride·x+j], one stride×stride block phase at a time."""
+    b = x.shape[0]
+    _, h, w, k, _ = attn.shape
+    s = stride
+    m = math.ceil(k / s)  # blocks a window spans per axis
+    # Taps beyond k (block padding) get zero weight; rows past the input are zero-padded.
+    attn = F.pad(attn, [0, m * s - k, 0, m * s - k]).view(b, h, w, m, s, m, s)
+    x = F.pad(x, [0, (w + m - 1) * s - x.shape[-1], 0, (h + m - 1) * s - x.shape[-2]])
+    out = None
+    for dy in range(m):
+        for dx in range(m):
+            # For one block phase every pixel belongs to exactly one window: a per-pixel weight map.
+            weights = attn[:, :, :, dy, :, dx, :].permute(0, 1, 3, 2, 4).reshape(b, 1, h * s, w * s)
+            part = x[:, :, dy * s:(dy + h) * s, dx * s:(dx + w) * s]
+            term = F.avg_pool2d(part * weights, s, divisor_override=1)
+            out = term if out is None else out + term
+    return out

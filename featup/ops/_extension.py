@@ -1,0 +1,165 @@
+"""The compiled adaptive-conv kernels of kernels/: found or built on first use, then wired into autograd.
+
+Importing this module compiles nothing. The first call of `compiled_adaptive_conv` loads, in this order:
+
+1. an ahead-of-time build installed as the `featup_kernels` module (`pip install ./kernels`, for Docker
+   images and wheels), or
+2. a JIT build of kernels/csrc with `torch.utils.cpp_extension.load`, cached in the torch extensions
+   directory (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions); the CUDA sources are included
+   when torch sees a GPU and a CUDA toolkit is found.
+
+Either registers the C++ ops `torch.ops.featup.adaptive_conv_forward` / `adaptive_conv_backward`; this
+module then registers their autograd formula and shape-only (fake) kernels, so that they work under
+`torch.compile`. What failed is kept, and `compiled_unavailable_reason` says it for the fallback warning.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+_LOG = logging.getLogger(__name__)
+_BUILD_CONFIG = Path(__file__).resolve().parents[2] / "kernels" / "build_config.py"
+_AOT_MODULE = "featup_kernels"
+_REASON_CHARS = 2000  # a failed build's log can be long; its end says what went wrong
+
+
+@dataclass(frozen=True)
+class _Kernels:
+    """Outcome of loading the extension once per process: where from, or why not."""
+
+    origin: str | None
+    failure: str | None
+
+
+_lock = threading.Lock()
+_kernels: _Kernels | None = None
+
+
+def compiled_adaptive_conv(device_type: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """Return the compiled, differentiable adaptive conv for `device_type` ("cpu", "cuda"), or None.
+
+    The callable takes x_padded (B, C, H+d-1, W+d-1) and filters (B, H, W, d, d) of one dtype on one device
+    and returns (B, C, H, W). The first call may compile the kernels (about a minute on a CPU).
+    """
+    return _forward if compiled_unavailable_reason(device_type) is None else None
+
+
+def compiled_unavailable_reason(device_type: str) -> str | None:
+    """Why `compiled_adaptive_conv(device_type)` returns None, or None when it returns the kernel."""
+    kernels = _load()
+    if kernels.failure is not None:
+        return kernels.failure
+    key = {"cpu": torch._C.DispatchKey.CPU, "cuda": torch._C.DispatchKey.CUDA}.get(device_type)
+    if key is None or not torch.ops.featup.adaptive_conv_forward.default.has_kernel_for_dispatch_key(key):
+        return f"the featup kernels loaded from {kernels.origin} have no {device_type!r} kernel"
+    return None
+
+
+def kernels_origin() -> str | None:
+    """Where the loaded kernels came from (installed module or JIT build directory), None if none loaded."""
+    return _load().origin
+
+
+def _forward(x_padded: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    return torch.ops.featup.adaptive_conv_forward.default(x_padded, filters)
+
+
+def _load() -> _Kernels:
+    global _kernels
+    with _lock:
+        if _kernels is None:
+            _kernels = _load_once()
+            if _kernels.failure is None:
+                _register_python_side()
+        return _kernels
+
+
+def _load_once() -> _Kernels:
+    failures = []
+    if importlib.util.find_spec(_AOT_MODULE) is not None:
+        try:
+            module = importlib.import_module(_AOT_MODULE)
+            return _Kernels(origin=module.__file__, failure=None)
+        except Exception as exc:  # a build for another torch fails here with an undefined symbol
+            failures.append(f"installed {_AOT_MODULE} did not load ({exc}); ")
+    try:
+        return _Kernels(origin=_jit_build(), failure=None)
+    except Exception as exc:  # no compiler, no ninja, no sources, a compile error: all mean "fall back"
+        message = f"{''.join(failures)}JIT build failed: {type(exc).__name__}: {exc}"
+        return _Kernels(origin=None, failure=message[-_REASON_CHARS:])
+
+
+def _jit_build() -> str:
+    if not _BUILD_CONFIG.is_file():
+        raise FileNotFoundError(
+            f"no kernel sources at {_BUILD_CONFIG.parent} (featup is not a source checkout); "
+            f"install the ahead-of-time build with `pip install ./kernels` from a featup checkout"
+        )
+    from torch.utils import cpp_extension
+
+    spec = importlib.util.spec_from_file_location("featup_kernels_build_config", _BUILD_CONFIG)
+    config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config)
+    with_cuda = torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
+    # One folder per Python, torch and device kind, so that switching any of them never loads a stale build.
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}_{'cuda' if with_cuda else 'cpu'}"
+    build_dir = Path(root) / f"{config.NAME}_{tag}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    _LOG.info("building the featup kernels in %s (once; later runs reuse the build)", build_dir)
+    cpp_extension.load(
+        name=config.NAME,
+        sources=config.sources(with_cuda),
+        extra_cflags=config.CXX_FLAGS,
+        extra_cuda_cflags=config.NVCC_FLAGS,
+        extra_ldflags=config.LD_FLAGS,
+        build_directory=str(build_dir),
+        with_cuda=with_cuda,
+        is_python_module=False,
+    )
+    return str(build_dir)
+
+
+def _register_python_side() -> None:
+    torch.library.register_fake("featup::adaptive_conv_forward", _forward_fake)
+    torch.library.register_fake("featup::adaptive_conv_backward", _backward_fake)
+    torch.library.register_autograd("featup::adaptive_conv_forward", _backward, setup_context=_setup_context)
+
+
+def _forward_fake(x_padded: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    torch._check(x_padded.dim() == 4 and filters.dim() == 5, lambda: "expected x_padded 4-D and filters 5-D")
+    torch._check(x_padded.dtype == filters.dtype, lambda: "expected x_padded and filters of one dtype")
+    batch, channels = x_padded.shape[:2]
+    height, width = filters.shape[1:3]
+    return x_padded.new_empty((batch, channels, height, width))
+
+
+def _backward_fake(
+    grad_out: torch.Tensor, x_padded: torch.Tensor, filters: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x_padded, memory_format=torch.contiguous_format), torch.empty_like(
+        filters, memory_format=torch.contiguous_format
+    )
+
+
+def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: torch.Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor) -> tuple:
+    x_padded, filters = ctx.saved_tensors
+    grad_x, grad_filters = torch.ops.featup.adaptive_conv_backward.default(grad_out, x_padded, filters)
+    return (
+        grad_x if ctx.needs_input_grad[0] else None,
+        grad_filters if ctx.needs_input_grad[1] else None,
+    )

@@ -1,0 +1,175 @@
+"""FeatUp's implicit upsampler: an MLP over Fourier features of (y, x, r, g, b), fitted to ONE image.
+
+The model holds the image it was fitted to (as uint8), the per-channel colour range used to scale it
+to [-0.5, 0.5], and a PCA basis of the backbone's features: the MLP predicts features in that (at most
+128-d) PCA space and the basis maps them back to the backbone's C channels. It renders its image's
+features at any size; a saved model is about half a megabyte. ``featup.training.fit_implicit`` fits one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featup.backbones import ChannelNorm
+from featup.checkpoints import load_checkpoint, save_checkpoint
+from featup.upsamplers._inputs import resolve_output_size
+from featup.upsamplers._registry import register_upsampler
+
+__all__ = ["ImplicitUpsampler"]
+
+# Pixels rendered per chunk without autograd: bounds the 303-channel Fourier features at large sizes.
+_CHUNK_PIXELS = 1 << 18
+
+
+class ImplicitUpsampler(nn.Module):
+    """Per-image implicit feature field: Fourier features of (y, x, rgb) → MLP → PCA space → C channels."""
+
+    def __init__(self, dim: int, image_size: Sequence[int] = (224, 224), *, proj_dim: int = 128,
+                 n_freqs: int = 30, hidden_dim: int = 128, dropout: float = 0.2):
+        super().__init__()
+        self.dim = dim
+        self.proj_dim = min(proj_dim, dim)
+        self.n_freqs = n_freqs
+        height, width = (int(s) for s in image_size)
+        in_dim = 2 * 5 * n_freqs + 3
+        self.register_buffer("image", torch.zeros(1, 3, height, width, dtype=torch.uint8))
+        self.register_buffer("color_min", torch.zeros(3))
+        self.register_buffer("color_max", torch.ones(3))
+        self.register_buffer("pca_mean", torch.zeros(dim))
+        self.register_buffer("pca_components", torch.eye(self.proj_dim, dim))
+        # Learned phases of the sin and cos features, one per (frequency, input channel).
+        self.phases = nn.Parameter(torch.randn(2, n_freqs, 5))
+        self.net = nn.Sequential(
+            ChannelNorm(in_dim),
+            nn.Dropout2d(dropout),
+            nn.Conv2d(in_dim, hidden_dim, 1),
+            nn.ReLU(),
+            nn.Dropout2d(dropout),
+            ChannelNorm(hidden_dim),
+            nn.Conv2d(hidden_dim, hidden_dim, 1),
+            nn.ReLU(),
+            nn.Conv2d(hidden_dim, self.proj_dim, 1),
+        )
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the fitted image."""
+        return int(self.image.shape[-2]), int(self.image.shape[-1])
+
+    def set_image(self, image: torch.Tensor) -> None:
+        """Store the 1×3×H×W (0..1) image to fit, quantised to uint8, and its per-channel colour range."""
+        if image.ndim != 4 or image.shape[:2] != (1, 3) or tuple(image.shape[-2:]) != self.image_size:
+            raise ValueError(f"expected a 1×3×{self.image_size[0]}×{self.image_size[1]} image, "
+                             f"got shape {tuple(image.shape)}")
+        quantised = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+        self.image.copy_(quantised)
+        colors = self.fitted_image().flatten(2)[0]
+        self.color_min.copy_(colors.min(1).values)
+        self.color_max.copy_(colors.max(1).values)
+
+    def set_pca(self, mean: torch.Tensor, components: torch.Tensor) -> None:
+        """Set the feature PCA: mean (C,) and orthonormal rows components (proj_dim×C)."""
+        if mean.shape != self.pca_mean.shape or components.shape != self.pca_components.shape:
+            raise ValueError(f"expected a PCA mean of shape {tuple(self.pca_mean.shape)} and components of shape "
+                             f"{tuple(self.pca_components.shape)}, got {tuple(mean.shape)} and {tuple(components.shape)}")
+        self.pca_mean.copy_(mean)
+        self.pca_components.copy_(components)
+
+    def fitted_image(self) -> torch.Tensor:
+        """The stored image as 1×3×H×W floats in 0..1."""
+        return self.image.to(self.pca_mean.dtype) / 255
+
+    def to_pca(self, features: torch.Tensor) -> torch.Tensor:
+        """Project B×C×h×w backbone features into the model's PCA space (B×proj_dim×h×w)."""
+        centred = features - self.pca_mean.to(features.dtype)[None, :, None, None]
+        return torch.einsum("bchw,pc->bphw", centred, self.pca_components.to(features.dtype))
+
+    def from_pca(self, reduced: torch.Tensor) -> torch.Tensor:
+        """Map B×proj_dim×H×W PCA-space features back to B×C×H×W."""
+        out = torch.einsum("bphw,pc->bchw", reduced, self.pca_components.to(reduced.dtype))
+        return out + self.pca_mean.to(reduced.dtype)[None, :, None, None]
+
+    def fourier_features(self, image: torch.Tensor, ys: torch.Tensor | None = None) -> torch.Tensor:
+        """B×(10·n_freqs + 3)×H×W: sin and cos of (y, x, rgb) at exp(linspace(-2, 10, n)) with learned phases, plus rgb.
+
+        ``ys`` are the rows' y coordinates (default linspace(-1, 1, H)), so a band of rows can be rendered alone.
+        """
+        b, _, h, w = image.shape
+        scale = (self.color_max - self.color_min).clamp_min(1e-4).to(image.dtype)
+        rgb = (image - self.color_min.to(image.dtype)[None, :, None, None]) / scale[None, :, None, None] - 0.5
+        if ys is None:
+            ys = torch.linspace(-1, 1, h, device=image.device, dtype=image.dtype)
+        xs = torch.linspace(-1, 1, w, device=image.device, dtype=image.dtype)
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))[None].expand(b, -1, -1, -1)
+        z = torch.cat([grid, rgb], 1)  # B×5×H×W
+        freqs = torch.exp(torch.linspace(-2, 10, self.n_freqs, device=image.device, dtype=image.dtype))
+        angles = z[:, None] * freqs[None, :, None, None, None]  # B×n×5×H×W
+        phases = self.phases.to(image.dtype)[:, None, :, :, None, None]
+        sin = torch.sin(angles + phases[0]).reshape(b, -1, h, w)
+        cos = torch.cos(angles + phases[1]).reshape(b, -1, h, w)
+        return torch.cat([sin, cos, rgb], 1)
+
+    def render(self, output_size: Sequence[int] | None = None) -> torch.Tensor:
+        """The fitted image's features in PCA space, 1×proj_dim×H_out×W_out (default: the image's size)."""
+        image = self.fitted_image()
+        size = self.image_size if output_size is None else (int(output_size[0]), int(output_size[1]))
+        if size != self.image_size:
+            image = F.interpolate(image, size=size, mode="bilinear", align_corners=False,
+                                  antialias=size[0] < self.image_size[0] or size[1] < self.image_size[1])
+        if torch.is_grad_enabled() or size[0] * size[1] <= _CHUNK_PIXELS:
+            return self.net(self.fourier_features(image))
+        # The MLP is per pixel (dropout aside, which eval turns off), so row chunks render exactly.
+        rows = max(1, _CHUNK_PIXELS // size[1])
+        ys = torch.linspace(-1, 1, size[0], device=image.device, dtype=image.dtype)
+        return torch.cat([self.net(self.fourier_features(image[:, :, i:i + rows], ys[i:i + rows]))
+                          for i in range(0, size[0], rows)], dim=2)
+
+    def forward(self, features: torch.Tensor | None, image: torch.Tensor | None,
+                output_size: int | Sequence[int] | None = None) -> torch.Tensor:
+        """Render the fitted image's B×C×H_out×W_out features (default size: ``image``'s, else the fitted one's).
+
+        ``features`` and ``image`` are only checked and sized against: the model always renders the image
+        it was fitted to, since its Fourier features of colour are too sharp to be fed another one.
+        """
+        if features is not None and features.shape[1] != self.dim:
+            raise ValueError(f"got features with {features.shape[1]} channels, expected {self.dim} (the backbone "
+                             "this implicit upsampler was fitted for)")
+        size = resolve_output_size(output_size, image) if image is not None or output_size is not None \
+            else self.image_size
+        batch = features.shape[0] if features is not None else image.shape[0] if image is not None else 1
+        out = self.from_pca(self.render(size))
+        return out.expand(batch, -1, -1, -1)
+
+    def save(self, path_or_url: str | os.PathLike, metadata: dict | None = None) -> str:
+        """Write the fitted model to a path or fsspec URL (featup checkpoint format); returns its sha256."""
+        cfg = {
+            "upsampler": "implicit",
+            "dim": self.dim,
+            "upsampler_kwargs": {"image_size": list(self.image_size), "proj_dim": self.proj_dim,
+                                 "n_freqs": self.n_freqs, "hidden_dim": self.net[2].out_channels},
+        }
+        return save_checkpoint(path_or_url, self, {**cfg, **(metadata or {})})
+
+    @classmethod
+    def load(cls, path_or_url: str | os.PathLike) -> ImplicitUpsampler:
+        """Read a model written by ``save`` (strictly), in eval mode."""
+        state_dict, metadata = load_checkpoint(path_or_url)
+        if metadata.get("upsampler") != "implicit":
+            raise ValueError(f"{os.fspath(path_or_url)} holds a {metadata.get('upsampler')!r} upsampler, not an "
+                             "implicit one; load it with featup.upsamplers.load_upsampler")
+        model = cls(metadata["dim"], **metadata.get("upsampler_kwargs", {}))
+        model.load_state_dict(state_dict, strict=True)
+        model.upsampler_cfg = {k: metadata[k] for k in ("upsampler", "dim", "upsampler_kwargs") if k in metadata}
+        return model.eval()
+
+
+@register_upsampler
+def implicit(dim: int, image_size: Sequence[int] = (224, 224), proj_dim: int = 128, n_freqs: int = 30,
+             hidden_dim: int = 128) -> ImplicitUpsampler:
+    """An unfitted implicit upsampler for ``dim``-channel features; fit it with ``featup.training.fit_implicit``."""
+    return ImplicitUpsampler(dim, image_size, proj_dim=proj_dim, n_freqs=n_freqs, hidden_dim=hidden_dim)

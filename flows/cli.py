@@ -1,0 +1,139 @@
+"""The ``featup`` console command: the library's subcommands plus one subcommand per Prefect flow.
+
+``featup <flow> --param value ...`` runs a flow in this process. With no ``PREFECT_API_URL`` set,
+Prefect starts a temporary local API (SQLite) for the run, so no server is needed. A flow's options
+are built from its signature and docstring, the same metadata the Prefect UI turns into a form.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import re
+import sys
+import types
+import typing
+from collections.abc import Sequence
+
+from featup.cli import build_parser, run_command
+
+# subcommand -> (module, flow function); imported only when that subcommand runs, since importing
+# Prefect costs seconds.
+FLOWS: dict[str, tuple[str, str]] = {
+    "demo": ("flows.demo", "demo"),
+    "ingest": ("flows.ingest", "ingest"),
+    "train-jbu": ("flows.train_jbu", "train_jbu"),
+    "precompute-features": ("flows.precompute", "precompute_features"),
+    "evaluate": ("flows.evaluate", "evaluate"),
+}
+
+_FLOW_HELP = {
+    "demo": "the main job: shards from offline photos and a benchmark set, JBU features, evaluation report",
+    "ingest": "turn a dataset layout (folder, COCO-Stuff, ADE20K, offline sets) into webdataset shards",
+    "train-jbu": "train a JBU upsampler for a backbone on shards; resumable checkpoints to any URL",
+    "precompute-features": "shards -> backbone -> upsampler -> zarr feature store, one task per shard",
+    "evaluate": "linear probes and CAM faithfulness for upsamplers; report as files and Prefect artifacts",
+}
+
+
+def _docstring_params(doc: str | None) -> dict[str, str]:
+    """Parameter descriptions from a Google-style ``Args:`` section."""
+    found: dict[str, str] = {}
+    if not doc or "Args:" not in doc:
+        return found
+    name = None
+    for line in inspect.cleandoc(doc).split("Args:", 1)[1].splitlines():
+        match = re.match(r"^\s{2,}(\w+)(?: \([^)]*\))?:\s*(.*)$", line)
+        if match:
+            name, found[match.group(1)] = match.group(1), match.group(2)
+        elif name and line.startswith(" " * 6) and line.strip():
+            found[name] += " " + line.strip()
+        elif line.strip() and not line.startswith(" "):
+            break
+    return found
+
+
+def _unwrap_optional(annotation):
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _add_parameter(parser: argparse.ArgumentParser, param: inspect.Parameter, annotation, help_text: str) -> None:
+    flag = "--" + param.name.replace("_", "-")
+    required = param.default is inspect.Parameter.empty
+    default = None if required else param.default
+    kwargs: dict = {"dest": param.name, "help": help_text + ("" if required else f" (default: {default!r})")}
+    annotation = _unwrap_optional(annotation)
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kwargs)
+        return
+    if origin is typing.Literal:
+        kwargs["choices"] = list(typing.get_args(annotation))
+    elif origin in (list, tuple, Sequence) or annotation in (list, tuple):
+        item = (typing.get_args(annotation) or (str,))[0]
+        kwargs.update(nargs="+", type=item if item in (int, float, str) else str)
+    elif origin is dict or annotation is dict:
+        kwargs["type"] = json.loads
+        kwargs["metavar"] = "JSON"
+    elif annotation in (int, float, str):
+        kwargs["type"] = annotation
+    parser.add_argument(flag, required=required, default=default, **kwargs)
+
+
+def flow_parser(command: str, flow) -> argparse.ArgumentParser:
+    """An argparse parser for a Prefect flow's parameters (types, defaults and help from its signature)."""
+    fn = flow.fn
+    doc = inspect.getdoc(fn) or ""
+    summary = doc.split("\n\n", 1)[0]
+    parser = argparse.ArgumentParser(prog=f"featup {command}", description=summary)
+    hints = typing.get_type_hints(fn)
+    helps = _docstring_params(doc)
+    for param in inspect.signature(fn).parameters.values():
+        _add_parameter(parser, param, hints.get(param.name, str), helps.get(param.name, ""))
+    return parser
+
+
+def run_flow(command: str, argv: Sequence[str]) -> int:
+    """Parse ``argv`` for a flow subcommand and run the flow locally."""
+    module_name, attribute = FLOWS[command]
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A loaded 2-core machine can take longer than Prefect's default to start the temporary API.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    flow = getattr(importlib.import_module(module_name), attribute)
+    args = flow_parser(command, flow).parse_args(argv)
+    try:
+        result = flow(**vars(args))
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        print(f"featup {command}: error: {e}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str) if isinstance(result, (dict, list)) else result)
+    return 0
+
+
+def build_full_parser() -> argparse.ArgumentParser:
+    """The library parser with the flow subcommands listed (their options are parsed by `run_flow`)."""
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0]
+    for command, help_text in _FLOW_HELP.items():
+        sub.add_parser(command, help=f"[flow] {help_text}", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``featup`` console command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in FLOWS:
+        return run_flow(argv[0], argv[1:])
+    return run_command(build_full_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

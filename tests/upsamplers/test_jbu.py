@@ -1,0 +1,138 @@
+"""featup.upsamplers.jbu: the JBU layer's kernel and the stack's any-size output.
+
+Parity with the published FeatUp forward is checked in tests/test_checkpoints.py, on weights imported
+from the published checkpoint layout.
+"""
+
+import math
+
+import pytest
+import torch
+
+from featup.upsamplers import JBULayer, JBUStack
+
+
+def inputs(batch=2, dim=6, grid=(7, 7), image=(56, 56), seed=0, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, dim, *grid, generator=generator).to(dtype)
+    return features, torch.rand(batch, 3, *image, generator=generator).to(dtype)
+
+
+def randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Move every parameter off its init, so no test passes because a weight happens to be 0 or 1."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
+    return module
+
+
+def test_stage_sizes_double_like_the_published_stack():
+    assert JBUStack(4).stage_sizes((14, 14), (224, 224)) == [(28, 28), (56, 56), (112, 112), (224, 224)]
+
+
+@pytest.mark.parametrize(
+    ("grid", "output"),
+    [
+        ((16, 16), (224, 224)),
+        ((7, 7), (224, 224)),
+        ((10, 14), (160, 224)),
+        ((14, 14), (20, 20)),
+        ((14, 14), (448, 300)),
+    ],
+)
+def test_stage_sizes_grow_geometrically_to_the_exact_output(grid, output):
+    sizes = JBUStack(4).stage_sizes(grid, output)
+    assert len(sizes) == 4 and sizes[-1] == output
+    for axis in (0, 1):
+        factor = (output[axis] / grid[axis]) ** 0.25
+        for k, size in enumerate(sizes, start=1):
+            assert abs(size[axis] - grid[axis] * factor**k) <= 0.5 + 1e-9
+
+
+@pytest.mark.parametrize(
+    ("grid", "image", "output_size", "expected"),
+    [
+        ((14, 14), (224, 224), None, (224, 224)),  # ViT-S/16
+        ((16, 16), (224, 224), None, (224, 224)),  # DINOv2-14: the published stack would give 256
+        ((7, 7), (224, 224), None, (224, 224)),  # stride-32 ResNet
+        ((6, 8), (96, 128), None, (96, 128)),  # non-square
+        ((14, 14), (224, 224), 20, (20, 20)),  # less than 2× the grid
+        ((7, 9), (56, 72), (40, 100), (40, 100)),  # non-square, larger than the image in one axis
+    ],
+)
+def test_output_size(grid, image, output_size, expected):
+    features, image01 = inputs(batch=1, dim=5, grid=grid, image=image)
+    model = JBUStack(5).eval()
+    with torch.no_grad():
+        out = model(features, image01, output_size)
+    assert out.shape == (1, 5, *expected)
+    assert torch.isfinite(out).all()
+
+
+def test_eval_is_deterministic_and_train_uses_dropout():
+    features, image = inputs()
+    model = randomised(JBUStack(6))
+    with torch.no_grad():
+        model.eval()
+        assert torch.equal(model(features, image), model(features, image))
+        model.train()
+        torch.manual_seed(0)
+        first = model(features, image)
+        assert not torch.equal(first, model(features, image))
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-5), (torch.bfloat16, 5e-2)])
+def test_other_dtypes_agree_with_float32(dtype, tolerance):
+    features, image = inputs()
+    model = randomised(JBUStack(6)).eval()
+    with torch.no_grad():
+        reference = model(features, image)
+        out = model.to(dtype)(features.to(dtype), image)
+    assert out.dtype == dtype
+    relative_error = (out.double() - reference.double()).norm() / reference.double().norm()
+    assert relative_error < tolerance
+
+
+def test_every_parameter_learns():
+    features, image = inputs()
+    model = randomised(JBUStack(6)).eval()
+    model(features, image).square().mean().backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_wrong_channels_rejected():
+    features, image = inputs(dim=5)
+    with pytest.raises(ValueError, match="got features with 5 channels, expected 6"):
+        JBUStack(6)(features, image)
+
+
+def test_too_small_output_rejected():
+    features, image = inputs()
+    with pytest.raises(ValueError, match="expected both sides larger than the JBU radius 3"):
+        JBUStack(6)(features, image, (3, 16))
+
+
+def test_layer_filters_are_normalised_before_the_fixup():
+    layer = randomised(JBULayer()).eval()
+    with torch.no_grad():
+        layer.fixup_proj[3].weight.zero_()
+        layer.fixup_proj[3].bias.zero_()
+    _, guidance = inputs(image=(12, 10))
+    filters = layer.filters(guidance)
+    assert filters.shape == (2, 49, 12, 10)
+    torch.testing.assert_close(filters.sum(1), torch.ones(2, 12, 10))
+    # Normalised filters reproduce a constant source exactly, whatever the guidance.
+    out = layer(torch.full((2, 4, 3, 5), 2.5), guidance)
+    torch.testing.assert_close(out, torch.full((2, 4, 12, 10), 2.5))
+
+
+def test_layer_spatial_kernel_is_a_gaussian_of_the_tap_offsets():
+    layer = JBULayer(radius=2)
+    with torch.no_grad():
+        layer.sigma_spatial.fill_(0.5)
+    kernel = layer.spatial_kernel().reshape(5, 5)
+    offsets = [-1.0, -0.5, 0.0, 0.5, 1.0]
+    expected = torch.tensor([[math.exp(-(dy * dy + dx * dx) / 0.5) for dx in offsets] for dy in offsets])
+    torch.testing.assert_close(kernel, expected)
