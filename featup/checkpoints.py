@@ -173,7 +173,7 @@ def load_official_jbu(
     missing = sorted(expected - set(upsampler_state))
     unexpected = sorted(set(upsampler_state) - expected)
     if missing or unexpected:
-        raise KeyError(
+        raise ValueError(
             f"{source} does not match FeatUp's JBU stack (dim {dim}): "
             f"missing {['upsampler.' + k for k in missing]}, unexpected {['upsampler.' + k for k in unexpected]}"
         )

@@ -43,6 +43,7 @@ class _Kernels:
 
 _lock = threading.Lock()
 _kernels: _Kernels | None = None
+_reasons: dict[str, str | None] = {}  # device type -> why there is no kernel for it (None: there is one)
 
 
 def compiled_adaptive_conv(device_type: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
@@ -56,6 +57,13 @@ def compiled_adaptive_conv(device_type: str) -> Callable[[torch.Tensor, torch.Te
 
 def compiled_unavailable_reason(device_type: str) -> str | None:
     """Why `compiled_adaptive_conv(device_type)` returns None, or None when it returns the kernel."""
+    # A plain dict lookup once known, so that torch.compile traces callers without a graph break.
+    if device_type not in _reasons:
+        _reasons[device_type] = _find_reason(device_type)
+    return _reasons[device_type]
+
+
+def _find_reason(device_type: str) -> str | None:
     kernels = _load()
     if kernels.failure is not None:
         return kernels.failure
@@ -66,7 +74,7 @@ def compiled_unavailable_reason(device_type: str) -> str | None:
 
 
 def kernels_origin() -> str | None:
-    """Where the loaded kernels came from (installed module or JIT build directory), None if none loaded."""
+    """Where the kernels come from (installed module or JIT build folder), loading them; None if they cannot load."""
     return _load().origin
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -30,7 +31,11 @@ def resolve_output_size(output_size: int | Sequence[int] | None, image: torch.Te
     """(H_out, W_out) from an int, a pair, or None meaning the image's own size."""
     if output_size is None:
         return int(image.shape[-2]), int(image.shape[-1])
-    size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+    size = (output_size, output_size) if not isinstance(output_size, Sequence) else tuple(output_size)
+    try:
+        size = tuple(operator.index(s) for s in size)  # accepts numpy and torch integers, not floats
+    except TypeError:
+        size = ()
+    if len(size) != 2 or min(size) <= 0:
         raise ValueError(f"got output_size={output_size!r}, expected a positive int or a pair (H_out, W_out)")
     return size

@@ -37,7 +37,8 @@ def register_upsampler(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]
     """Register an upsampler entry point under its function name (decorator)."""
     name = fn.__name__
     existing = _ENTRY_POINTS.get(name)
-    if existing is not None and existing.__qualname__ != fn.__qualname__:
+    # The same function registering again (its module imported twice) is fine; another one is a clash.
+    if existing is not None and (existing.__module__, existing.__qualname__) != (fn.__module__, fn.__qualname__):
         raise ValueError(f"upsampler {name!r} is already registered by {existing.__module__}; pick another name")
     _ENTRY_POINTS[name] = fn
     return fn
@@ -90,8 +91,9 @@ def load_upsampler(
             if shipped is not None:
                 raise MissingWeightsError(
                     f"featup ships no {name!r} upsampler for backbone {backbone!r} (looked for {shipped}; "
-                    f"shipped: {_shipped_names() or 'none'}). Train one with featup.training and pass "
-                    f"checkpoint=<path or URL>, or save it there as {name}_{backbone}.pt."
+                    f"shipped: {_shipped_names() or 'none'}). Train one (for 'jbu': featup.training.train_jbu("
+                    f"..., checkpoint=PATH)) and pass checkpoint=<path or URL>, or save it there as "
+                    f"{name}_{backbone}.pt."
                 )
             raise ValueError(
                 f"upsampler {name!r} has learned weights: pass checkpoint=<path, URL or state dict> or backbone=<name>"

@@ -15,15 +15,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featup.backbones import ChannelNorm
 from featup.checkpoints import load_checkpoint, save_checkpoint
 from featup.upsamplers._inputs import resolve_output_size
 from featup.upsamplers._registry import register_upsampler
 
-__all__ = ["ImplicitUpsampler"]
+__all__ = ["ChannelDropout", "ImplicitUpsampler"]
 
 # Pixels rendered per chunk without autograd: bounds the 303-channel Fourier features at large sizes.
 _CHUNK_PIXELS = 1 << 18
+
+
+class ChannelDropout(nn.Module):
+    """Dropout2d for channels-last B×H×W×C maps: zeroes whole channels per sample while training."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = x.new_ones(x.shape[0], *([1] * (x.ndim - 2)), x.shape[-1])
+        return x * F.dropout(keep, self.p, training=True)
 
 
 class ImplicitUpsampler(nn.Module):
@@ -44,16 +57,18 @@ class ImplicitUpsampler(nn.Module):
         self.register_buffer("pca_components", torch.eye(self.proj_dim, dim))
         # Learned phases of the sin and cos features, one per (frequency, input channel).
         self.phases = nn.Parameter(torch.randn(2, n_freqs, 5))
+        # The published 1×1-conv MLP, run channels-last: Linear layers are plain GEMMs (several times faster
+        # than 1×1 convolutions on CPU), LayerNorm is the channel norm, ChannelDropout is Dropout2d.
         self.net = nn.Sequential(
-            ChannelNorm(in_dim),
-            nn.Dropout2d(dropout),
-            nn.Conv2d(in_dim, hidden_dim, 1),
+            nn.LayerNorm(in_dim),
+            ChannelDropout(dropout),
+            nn.Linear(in_dim, hidden_dim),
             nn.ReLU(),
-            nn.Dropout2d(dropout),
-            ChannelNorm(hidden_dim),
-            nn.Conv2d(hidden_dim, hidden_dim, 1),
+            ChannelDropout(dropout),
+            nn.LayerNorm(hidden_dim),
+            nn.Linear(hidden_dim, hidden_dim),
             nn.ReLU(),
-            nn.Conv2d(hidden_dim, self.proj_dim, 1),
+            nn.Linear(hidden_dim, self.proj_dim),
         )
 
     @property
@@ -95,24 +110,26 @@ class ImplicitUpsampler(nn.Module):
         return out + self.pca_mean.to(reduced.dtype)[None, :, None, None]
 
     def fourier_features(self, image: torch.Tensor, ys: torch.Tensor | None = None) -> torch.Tensor:
-        """B×(10·n_freqs + 3)×H×W: sin and cos of (y, x, rgb) at exp(linspace(-2, 10, n)) with learned phases, plus rgb.
-
-        ``ys`` are the rows' y coordinates (default linspace(-1, 1, H)), so a band of rows can be rendered alone.
+        """B×H×W×(10·n_freqs + 3), channels last: sin and cos of (y, x, rgb) at exp(linspace(-2, 10, n)) plus
+        learned phases, then rgb. ``ys`` are the rows' y coordinates (default linspace(-1, 1, H)).
         """
         b, _, h, w = image.shape
         scale = (self.color_max - self.color_min).clamp_min(1e-4).to(image.dtype)
-        rgb = (image - self.color_min.to(image.dtype)[None, :, None, None]) / scale[None, :, None, None] - 0.5
+        rgb = (image.permute(0, 2, 3, 1) - self.color_min.to(image.dtype)) / scale - 0.5  # B×H×W×3
         if ys is None:
             ys = torch.linspace(-1, 1, h, device=image.device, dtype=image.dtype)
         xs = torch.linspace(-1, 1, w, device=image.device, dtype=image.dtype)
-        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))[None].expand(b, -1, -1, -1)
-        z = torch.cat([grid, rgb], 1)  # B×5×H×W
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1)[None].expand(b, -1, -1, -1)
+        z = torch.cat([grid, rgb], -1)  # B×H×W×5: y, x, r, g, b
         freqs = torch.exp(torch.linspace(-2, 10, self.n_freqs, device=image.device, dtype=image.dtype))
-        angles = z[:, None] * freqs[None, :, None, None, None]  # B×n×5×H×W
-        phases = self.phases.to(image.dtype)[:, None, :, :, None, None]
-        sin = torch.sin(angles + phases[0]).reshape(b, -1, h, w)
-        cos = torch.cos(angles + phases[1]).reshape(b, -1, h, w)
-        return torch.cat([sin, cos, rgb], 1)
+        angles = z[..., None, :] * freqs[:, None]  # B×H×W×n×5
+        phases = self.phases.to(image.dtype)
+        sin = torch.sin(angles + phases[0]).flatten(-2)
+        cos = torch.cos(angles + phases[1]).flatten(-2)
+        return torch.cat([sin, cos, rgb], -1)
+
+    def _mlp(self, image: torch.Tensor, ys: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(self.fourier_features(image, ys)).permute(0, 3, 1, 2)
 
     def render(self, output_size: Sequence[int] | None = None) -> torch.Tensor:
         """The fitted image's features in PCA space, 1×proj_dim×H_out×W_out (default: the image's size)."""
@@ -122,12 +139,11 @@ class ImplicitUpsampler(nn.Module):
             image = F.interpolate(image, size=size, mode="bilinear", align_corners=False,
                                   antialias=size[0] < self.image_size[0] or size[1] < self.image_size[1])
         if torch.is_grad_enabled() or size[0] * size[1] <= _CHUNK_PIXELS:
-            return self.net(self.fourier_features(image))
+            return self._mlp(image)
         # The MLP is per pixel (dropout aside, which eval turns off), so row chunks render exactly.
         rows = max(1, _CHUNK_PIXELS // size[1])
         ys = torch.linspace(-1, 1, size[0], device=image.device, dtype=image.dtype)
-        return torch.cat([self.net(self.fourier_features(image[:, :, i:i + rows], ys[i:i + rows]))
-                          for i in range(0, size[0], rows)], dim=2)
+        return torch.cat([self._mlp(image[:, :, i:i + rows], ys[i:i + rows]) for i in range(0, size[0], rows)], dim=2)
 
     def forward(self, features: torch.Tensor | None, image: torch.Tensor | None,
                 output_size: int | Sequence[int] | None = None) -> torch.Tensor:
@@ -151,7 +167,7 @@ class ImplicitUpsampler(nn.Module):
             "upsampler": "implicit",
             "dim": self.dim,
             "upsampler_kwargs": {"image_size": list(self.image_size), "proj_dim": self.proj_dim,
-                                 "n_freqs": self.n_freqs, "hidden_dim": self.net[2].out_channels},
+                                 "n_freqs": self.n_freqs, "hidden_dim": self.net[2].out_features},
         }
         return save_checkpoint(path_or_url, self, {**cfg, **(metadata or {})})
 

@@ -12,7 +12,7 @@ import torch
 from featup.upsamplers import JBULayer, JBUStack
 
 
-def inputs(batch=2, dim=6, grid=(7, 7), image=(56, 56), seed=0, dtype=torch.float32):
+def inputs(batch=2, dim=6, grid=(4, 5), image=(32, 40), seed=0, dtype=torch.float32):
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(batch, dim, *grid, generator=generator).to(dtype)
     return features, torch.rand(batch, 3, *image, generator=generator).to(dtype)
