@@ -94,10 +94,13 @@ class Backbone(nn.Module):
         use_norm: bool = False,
         classifier: nn.Module | None = None,
         weights_source: str | None = None,
+        default_tap: str | None = None,
     ):
         super().__init__()
         self.name = name
         self.tap = tap
+        # What a checkpoint trained on this backbone is keyed by: the name, plus the tap if not the default.
+        self.id = name if tap == (default_tap or tap) else f"{name}-{tap}"
         self.stride = stride
         self.dim = dim
         self.model = model
@@ -246,7 +249,7 @@ def load_backbone(
     stride = spec.taps[tap]
     extract, dim, classifier = _tap(model, spec, tap, stride)
     return Backbone(spec.name, model, extract, tap=tap, stride=stride, dim=dim, mean=spec.mean, std=spec.std,
-                    use_norm=use_norm, classifier=classifier, weights_source=source)
+                    use_norm=use_norm, classifier=classifier, weights_source=source, default_tap=spec.default_tap)
 
 
 def _is_vit(model: nn.Module) -> bool:

@@ -72,7 +72,7 @@ def _pca(args: argparse.Namespace) -> int:
         raise ValueError("give either image files or --photos, not both")
     images = {Path(p).stem: load_image(p) for p in args.images} if args.images else sample_photos(args.photos)
     backbone = load_backbone(args.backbone, pretrained=not args.random_weights, weights=args.weights, tap=args.tap)
-    upsamplers = {name: load_upsampler(name, backbone=backbone).eval() for name in args.upsamplers}
+    upsamplers = {name: load_upsampler(name, backbone=backbone.id).eval() for name in args.upsamplers}
     written = []
     for name, array in tqdm(images.items(), desc="photos", unit="img"):
         image = resize_to_stride(to_tensor(array), args.size, backbone.stride)

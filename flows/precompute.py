@@ -1,0 +1,143 @@
+"""Flow: shards → backbone → upsampler → zarr feature store, one task per shard, resumable."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.futures import as_completed
+from prefect.locking.filesystem import FileSystemLockManager
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks.features import create_store, process_shard
+from tasks.storage import storage_options
+
+Upsampler = Literal["jbu", "implicit", "bilinear", "resize_conv"]
+DEFAULT_LOCK_DIR = os.path.join(Path.home(), ".prefect", "featup-shard-locks")
+
+
+def _shard_key(context, parameters: dict[str, Any]) -> str:
+    # One record per (store, shard): runs that meet on a shard wait for each other and the later one
+    # reuses the earlier one's report, so no shard is processed twice, whichever worker holds it.
+    ident = f"{parameters['store_url']}|{parameters['shard']}".encode()
+    return f"featup-shard-{hashlib.sha256(ident).hexdigest()[:32]}"
+
+
+def _shard_policy(lock_dir: str):
+    return CacheKeyFnPolicy(cache_key_fn=_shard_key).configure(
+        isolation_level="SERIALIZABLE", lock_manager=FileSystemLockManager(lock_files_directory=Path(lock_dir))
+    )
+
+
+@flow(name="precompute-features", log_prints=True)
+def precompute_features(
+    shards: str,
+    store: str,
+    backbone: str = "efficientnet_lite0",
+    upsampler: Upsampler = "jbu",
+    checkpoint: str | None = None,
+    tap: str | None = None,
+    output_size: int = 224,
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16",
+    keep_lowres: bool = True,
+    batch_size: int = 8,
+    device: str = "auto",
+    amp: Literal["float32", "bfloat16", "float16"] = "float32",
+    concurrency: int = 1,
+    num_workers: int = 1,
+    dask_address: str | None = None,
+    dask_workers: int = 0,
+    weights: str | None = None,
+    random_weights: bool = False,
+    dataset: str | None = None,
+    lock_dir: str = DEFAULT_LOCK_DIR,
+    storage_secret: str | None = None,
+) -> dict[str, Any]:
+    """Compute high-resolution features for every shard of a dataset into a zarr store.
+
+    Shards already complete in the store are skipped, so re-running finishes what is missing; bad
+    samples are recorded in the store with their reason and listed in the run's table artifact.
+
+    Args:
+        shards: Dataset folder or manifest.json URL written by the ingest flow (local path or s3://).
+        store: Root URL of feature stores; the group is <store>/<dataset>/<backbone>/<upsampler>.
+        backbone: Backbone name (featup backbones) or any timm model name.
+        upsampler: jbu (trained checkpoint), implicit (fitted per image), bilinear or resize_conv.
+        checkpoint: Upsampler checkpoint path or URL; default: the one featup ships for the backbone.
+        tap: Backbone layer (e.g. stride16); default: the backbone's own.
+        output_size: Side of the square input image and of the stored high-res features, in pixels.
+        dtype: Stored dtype of the features.
+        keep_lowres: Also store the backbone's low-res features.
+        batch_size: Images per forward pass.
+        device: auto (GPU when present), cpu or cuda[:N].
+        amp: Autocast dtype for the backbone and upsampler (float32 = off).
+        concurrency: Shards processed at once by this run (threads, or Dask workers).
+        num_workers: DataLoader worker processes reading and decoding ahead of the model (0 = inline).
+        dask_address: Address of an existing Dask scheduler to run shard tasks on.
+        dask_workers: Start a local Dask cluster of this many workers (0 = no Dask).
+        weights: Backbone weights path or URL.
+        random_weights: Use random backbone weights (for tests and smoke runs).
+        dataset: Dataset name in the store; default: the manifest's name.
+        lock_dir: Folder for shard locks shared by the runs of this host (runs meeting on a shard wait).
+        storage_secret: Name of a Prefect Secret block holding fsspec storage options as JSON.
+    """
+    logger = get_run_logger()
+    if dataset is None:
+        from featup.data.manifest import read_manifest
+
+        dataset = read_manifest(shards, storage_options=storage_options(storage_secret)).name
+    created = create_store(shards, store, dataset=dataset, backbone=backbone, tap=tap, upsampler=upsampler,
+                           checkpoint=checkpoint, output_size=(output_size, output_size), dtype=dtype,
+                           keep_lowres=keep_lowres, weights=weights, random_weights=random_weights,
+                           storage_secret=storage_secret)
+    pending = created["pending"]
+    total = created["num_shards"]
+    logger.info("%d of %d shards pending in %s", len(pending), total, created["url"])
+    progress = create_progress_artifact(progress=100.0 * (total - len(pending)) / total,
+                                        key="precompute-progress", description=f"shards done in {created['url']}")
+    options = dict(backbone=backbone, tap=tap, upsampler=upsampler, checkpoint=checkpoint, weights=weights,
+                   random_weights=random_weights, batch_size=batch_size, device=device, amp=amp,
+                   num_workers=num_workers, storage_secret=storage_secret)
+    runner = _task_runner(concurrency, dask_address, dask_workers)
+    reports = _run_shards.with_options(task_runner=runner)(created["url"], pending, options, str(progress),
+                                                         total, lock_dir)
+    bad = [dict(shard=r["shard"], **b) for r in reports for b in r["bad"]]
+    written = sum(r["written"] for r in reports if not r["skipped"])
+    create_table_artifact(key="precompute-bad-samples", table=bad or [{"shard": "-", "key": "-", "reason": "none"}],
+                          description=f"bad samples in {created['url']}")
+    summary = {"store": created["url"], "shards": total, "processed": sum(not r["skipped"] for r in reports),
+               "skipped": total - len(pending) + sum(r["skipped"] for r in reports), "written": written,
+               "bad": len(bad)}
+    logger.info("done: %s", summary)
+    return summary
+
+
+@flow(name="precompute-shards")
+def _run_shards(store_url: str, pending: list[int], options: dict[str, Any], progress_id: str, total: int,
+                lock_dir: str) -> list[dict[str, Any]]:
+    """Submit one task per pending shard (on this subflow's task runner); update progress as they finish."""
+    shard_task = process_shard.with_options(cache_policy=_shard_policy(lock_dir), persist_result=True)
+    futures = [shard_task.submit(store_url, shard, **options) for shard in pending]
+    done = total - len(pending)
+    reports = []
+    for future in as_completed(futures):
+        reports.append(future.result())
+        done += 1
+        update_progress_artifact(progress_id, progress=100.0 * done / total)
+    return sorted(reports, key=lambda r: r["shard"])
+
+
+def _task_runner(concurrency: int, dask_address: str | None, dask_workers: int):
+    if dask_address or dask_workers:
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1,
+                                              "processes": True})
+    return ThreadPoolTaskRunner(max_workers=max(1, concurrency))
