@@ -1,0 +1,59 @@
+"""Flow: train a JBU upsampler for a backbone on the images of a shard set; resumable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from tasks.data import read_samples
+from tasks.training import train_jbu_task
+
+
+@flow(name="train-jbu", log_prints=True)
+def train_jbu(
+    shards: str,
+    checkpoint: str,
+    backbone: str = "efficientnet_lite0",
+    tap: str | None = None,
+    steps: int = 2000,
+    checkpoint_every: int = 100,
+    image_size: int = 224,
+    batch_size: int = 4,
+    lr: float = 1e-3,
+    max_images: int | None = None,
+    seed: int = 0,
+    weights: str | None = None,
+    random_weights: bool = False,
+    device: str = "auto",
+    storage_secret: str | None = None,
+) -> dict[str, Any]:
+    """Train a JBU stack with FeatUp's multi-view loss; checkpoints go to any fsspec URL.
+
+    Re-running with the same checkpoint URL resumes from the last saved step (a killed run loses at
+    most checkpoint_every steps).
+
+    Args:
+        shards: Dataset folder or manifest.json URL of the training images.
+        checkpoint: Where the checkpoint is written (local path or s3://); load it with load_upsampler("jbu", checkpoint=...).
+        backbone: Backbone name or timm model name.
+        tap: Backbone layer (default: its own).
+        steps: Optimisation steps in total (the published recipe: 2000).
+        checkpoint_every: Save every this many steps.
+        image_size: Training image side in pixels.
+        batch_size: Images per step (each seen under several jitters).
+        lr: NAdam learning rate.
+        max_images: Use at most this many images.
+        seed: Seed of every random draw.
+        weights: Backbone weights path or URL.
+        random_weights: Use random backbone weights (smoke runs only).
+        device: auto, cpu or cuda.
+        storage_secret: Name of a Prefect Secret block holding fsspec storage options as JSON.
+    """
+    samples = read_samples(shards, size=image_size, limit=max_images, storage_secret=storage_secret)
+    images = [s["image"] for s in samples]
+    if not images:
+        raise ValueError(f"no readable images in {shards}")
+    return train_jbu_task(images, backbone=backbone, tap=tap, steps=steps, checkpoint=checkpoint,
+                          checkpoint_every=checkpoint_every, image_size=image_size, batch_size=batch_size, lr=lr,
+                          seed=seed, weights=weights, random_weights=random_weights, device=device)
