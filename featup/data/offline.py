@@ -129,16 +129,19 @@ def fashion_mosaics(
     split: str = "train",
     size: int = 224,
     items_per_image: tuple[int, int] = (3, 6),
-    item_size: tuple[int, int] = (48, 96),
+    item_size: tuple[int, int] | None = None,
     root: str | None = None,
 ) -> Iterator[dict]:
     """``n`` mosaics of Fashion-MNIST items with exact per-pixel labels (0 = background, 1..10 = items).
 
-    Items of the ``split`` (train or test items never mix) are scaled to ``item_size`` pixels (3–6 cells
-    of a stride-16 backbone at the defaults), given a random colour that keeps their own shading, and
-    pasted at random places; a later item covers an earlier one, and the label follows what is visible.
+    Items of the ``split`` (train or test items never mix) are scaled to ``item_size`` pixels (default
+    3/14 to 3/7 of ``size``: 3–6 cells of a stride-16 backbone at 224 px), given a random colour that
+    keeps their own shading, and pasted at random places; a later item covers an earlier one, and the
+    label follows what is visible.
     """
     _check_split(split)
+    if item_size is None:
+        item_size = (max(1, round(size * 3 / 14)), max(1, round(size * 3 / 7)))
     if n < 0 or size < 16 or not 0 < item_size[0] <= item_size[1] <= size:
         raise ValueError(f"need n ≥ 0, size ≥ 16 and 0 < item_size[0] ≤ item_size[1] ≤ size; got n={n}, "
                          f"size={size}, item_size={item_size}")

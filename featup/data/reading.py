@@ -111,8 +111,12 @@ def _crop_box(src_hw: tuple[int, int], dst_hw: tuple[int, int], fit: str) -> tup
     (h0, w0), (h, w) = src_hw, dst_hw
     if fit == "stretch":
         return 0.0, 0.0, float(w0), float(h0)
-    scale = max(h / h0, w / w0)  # cover the target, then cut the overflow evenly from both sides
-    ch, cw = h / scale, w / scale
+    # keep the whole of the limiting side and centre the other: integer comparison, so the box never
+    # pokes outside the image by a rounding error
+    if h * w0 >= w * h0:
+        ch, cw = float(h0), w * h0 / h
+    else:
+        ch, cw = h * w0 / w, float(w0)
     top, left = (h0 - ch) / 2, (w0 - cw) / 2
     return left, top, left + cw, top + ch
 
@@ -265,6 +269,4 @@ def make_loader(
     """
     pipeline = open_shards(source, size=size, storage_options=storage_options, **pipeline_options)
     pipeline.append(wds.batched(batch_size, collation_fn=functools.partial(collate_samples, size=size), partial=True))
-    return torch.utils.data.DataLoader(
-        pipeline, batch_size=None, num_workers=num_workers
-    )
+    return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=num_workers)

@@ -188,7 +188,9 @@ def _create_arrays(
             attributes=dtype_attrs,
         )
     keys = group.create_array("keys", shape=(rows,), chunks=(stride,), dtype=str, dimension_names=("sample",))
-    group.create_array("status", shape=(rows,), chunks=(stride,), dtype="uint8", fill_value=ABSENT, dimension_names=("sample",))
+    group.create_array(
+        "status", shape=(rows,), chunks=(stride,), dtype="uint8", fill_value=ABSENT, dimension_names=("sample",)
+    )
     group.create_array("bad_reason", shape=(rows,), chunks=(stride,), dtype=str, dimension_names=("sample",))
     padded = np.full(rows, "", dtype=object)
     for i, shard in enumerate(manifest.shards):
@@ -349,7 +351,12 @@ class FeatureStore:
         status = self.status()[rows]
         keys = np.asarray(self._array("keys")[:]).astype(object)[rows]
         channel = "component" if self.spec.pca_components and not reconstruct_pca else "channel"
-        data = {"features": (("sample", channel, "y", "x"), self.to_dask("features", complete_only=False, reconstruct_pca=reconstruct_pca)[rows])}
+        data = {
+            "features": (
+                ("sample", channel, "y", "x"),
+                self.to_dask("features", complete_only=False, reconstruct_pca=reconstruct_pca)[rows],
+            )
+        }
         if self.spec.lowres_size:
             data["lowres"] = (("sample", "channel", "ly", "lx"), self.to_dask("lowres", complete_only=False)[rows])
         coords = {"sample": keys, "shard": ("sample", rows // self.stride), "status": ("sample", status)}

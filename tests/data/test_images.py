@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featup.data.images import ImageError, decode_depth, decode_label, decode_rgb, encode_depth, encode_image, encode_label
+from featup.data.images import (
+    ImageError,
+    decode_depth,
+    decode_label,
+    decode_rgb,
+    encode_depth,
+    encode_image,
+    encode_label,
+)
 
 
 @pytest.mark.parametrize(

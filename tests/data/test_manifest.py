@@ -21,7 +21,10 @@ def test_round_trip_keeps_everything(storage_root):
     back = read_manifest(storage_root.join("ds"), storage_options=storage_root.storage_options)
     assert back == manifest
     assert back.num_samples == 3
-    assert back.shard_urls() == [storage_root.join("ds", "shard-000000.tar"), storage_root.join("ds", "shard-000001.tar")]
+    assert back.shard_urls() == [
+        storage_root.join("ds", "shard-000000.tar"),
+        storage_root.join("ds", "shard-000001.tar"),
+    ]
 
 
 def test_missing_manifest_says_what_to_do(tmp_path):

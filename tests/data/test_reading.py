@@ -12,7 +12,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from featup.data.reading import collate_samples, iter_shard, make_loader, open_shards, shard_urls
+from featup.data.reading import DecodeSample, collate_samples, iter_shard, make_loader, open_shards, shard_urls
 from featup.data.samples import BadSample
 from featup.data.shards import write_shards
 from featup.data.storage import filesystem, register_gopen_schemes
@@ -31,7 +31,9 @@ def write_toy(url, n=6, *, size=(20, 30), max_count=3, storage_options=None):
         }
         for i in range(n)
     ]
-    manifest = write_shards(samples, url, max_count=max_count, image_format="png", storage_options=storage_options, progress=False)
+    manifest = write_shards(
+        samples, url, max_count=max_count, image_format="png", storage_options=storage_options, progress=False
+    )
     return manifest, samples
 
 
@@ -68,7 +70,7 @@ def test_native_size_reads_pixels_exactly(tmp_path):
 
 def test_labels_resize_nearest_and_keep_ignore(tmp_path):
     _, originals = write_toy(str(tmp_path / "toy"), n=3)
-    for item, original in zip(open_shards(str(tmp_path / "toy"), size=7), originals):
+    for item, original in zip(open_shards(str(tmp_path / "toy"), size=7), originals, strict=True):
         values = set(item["label"].unique().tolist())
         assert values <= set(np.unique(original["label"]).tolist())  # no blended class ids
         assert 255 in set(np.unique(original["label"]).tolist())
@@ -88,12 +90,31 @@ def test_crop_keeps_the_centre_stretch_keeps_everything(tmp_path):
     image[:, :20, 0] = 255  # red left quarter
     image[:, 20:60, 1] = 255  # green middle half
     image[:, 60:, 2] = 255  # blue right quarter
-    write_shards([{"__key__": "bars", "image": image, "label": None, "depth": None, "meta": {}}], str(tmp_path / "b"), image_format="png", progress=False)
+    write_shards(
+        [{"__key__": "bars", "image": image, "label": None, "depth": None, "meta": {}}],
+        str(tmp_path / "b"),
+        image_format="png",
+        progress=False,
+    )
     crop = next(iter(open_shards(str(tmp_path / "b"), size=20)))["image"]
     stretch = next(iter(open_shards(str(tmp_path / "b"), size=20, fit="stretch")))["image"]
     # the centred square is green (its edge columns blend a little of the neighbours, as antialiasing does)
     assert crop[1, :, 1:-1].min() > 0.99 and crop[0, :, 1:-1].max() < 0.01 and crop[2, :, 1:-1].max() < 0.01
     assert stretch[0, :, 0].min() > 0.99 and stretch[2, :, -1].min() > 0.99  # red at left, blue at right
+
+
+@pytest.mark.parametrize("target", [(16, 16), (7, 13), (224, 224)])
+def test_every_aspect_ratio_resizes(target):
+    """Sizes whose scale factors do not divide evenly (49×60 → 16²) must not push the crop off the image."""
+    from PIL import Image
+
+    decode = DecodeSample(target)
+    for h0, w0 in [(49, 60), (16, 97), (97, 16), (33, 33), (480, 640), (427, 640)]:
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((h0, w0, 3), np.uint8)).save(buf, format="PNG")
+        out = decode({"__key__": "k", "png": buf.getvalue()})
+        assert not isinstance(out, BadSample), out
+        assert out["image"].shape == (3, *target)
 
 
 def test_every_odd_image_is_converted_or_reported_and_the_shard_goes_on(tmp_path, image_zoo):
@@ -167,7 +188,14 @@ def test_dataloader_workers_read_every_sample_once(storage_root, image_zoo):
 
 
 def test_collate_fills_missing_labels_and_handles_all_bad_batches():
-    good = {"__key__": "a", "__url__": "u", "image": torch.zeros(3, 4, 4), "label": torch.ones(4, 4, dtype=torch.long), "depth": None, "meta": {}}
+    good = {
+        "__key__": "a",
+        "__url__": "u",
+        "image": torch.zeros(3, 4, 4),
+        "label": torch.ones(4, 4, dtype=torch.long),
+        "depth": None,
+        "meta": {},
+    }
     other = {**good, "__key__": "b", "label": None}
     batch = collate_samples([good, other, BadSample("c", "u", "corrupt")])
     assert batch["label"][1].eq(255).all() and batch["label"][0].eq(1).all()
@@ -201,7 +229,12 @@ def test_plain_webdataset_reads_s3_after_registering_fsspec(s3_server, s3_bucket
 
 def test_secrets_never_reach_logs_or_errors(s3_server, s3_bucket, caplog):
     secret = "SUPERSECRET-do-not-log-42"
-    so = {"key": "testing", "secret": secret, "endpoint_url": "http://127.0.0.1:9", "config_kwargs": {"retries": {"max_attempts": 1}}}
+    so = {
+        "key": "testing",
+        "secret": secret,
+        "endpoint_url": "http://127.0.0.1:9",
+        "config_kwargs": {"retries": {"max_attempts": 1}},
+    }
     caplog.set_level(logging.INFO)
     items = list(open_shards([f"{s3_bucket}/x.tar"], size=8, storage_options=so))
     with pytest.raises(Exception) as failure:

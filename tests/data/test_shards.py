@@ -29,14 +29,16 @@ def make_samples(n, *, size=(24, 32), label=True, depth=False, seed=0):
 def test_shards_split_by_count_and_manifest_lists_them(storage_root):
     so = storage_root.storage_options
     url = storage_root.join("toy")
-    manifest = write_shards(make_samples(7), url, max_count=3, classes=["a", "b", "c", "d"], storage_options=so, progress=False)
+    manifest = write_shards(
+        make_samples(7), url, max_count=3, classes=["a", "b", "c", "d"], storage_options=so, progress=False
+    )
     assert [s.count for s in manifest.shards] == [3, 3, 1]
     assert [s.name for s in manifest.shards] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     assert [k for s in manifest.shards for k in s.keys] == [f"img{i:04d}" for i in range(7)]
     assert manifest.has_label and not manifest.has_depth and manifest.classes == ["a", "b", "c", "d"]
     assert read_manifest(url, storage_options=so) == manifest
     fs, _ = filesystem(url, so)
-    for shard_url, info in zip(manifest.shard_urls(), manifest.shards):
+    for shard_url, info in zip(manifest.shard_urls(), manifest.shards, strict=True):
         assert fs.size(filesystem(shard_url, so)[1]) == info.bytes
         with fs.open(filesystem(shard_url, so)[1], "rb") as f, tarfile.open(fileobj=f) as tar:
             names = tar.getnames()
@@ -46,7 +48,11 @@ def test_shards_split_by_count_and_manifest_lists_them(storage_root):
 def test_shards_split_by_bytes(tmp_path):
     samples = list(make_samples(6, size=(64, 64)))
     # tar size of one sample: each member is a 512-byte header plus its data padded to 512
-    one = sum(512 + -(-len(v) // 512) * 512 for k, v in encode_sample(samples[0], image_format="png").items() if k != "__key__")
+    one = sum(
+        512 + -(-len(v) // 512) * 512
+        for k, v in encode_sample(samples[0], image_format="png").items()
+        if k != "__key__"
+    )
     manifest = write_shards(samples, str(tmp_path / "ds"), max_bytes=int(2.5 * one), image_format="png", progress=False)
     # samples of noise are all about the same size: two fit, a third would pass the limit
     assert [s.count for s in manifest.shards] == [2, 2, 2]

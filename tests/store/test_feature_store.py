@@ -36,7 +36,10 @@ def toy_manifest(counts=(3, 2, 3)) -> Manifest:
 def features_for(keys, channels=C, size=(H, W)) -> np.ndarray:
     """Deterministic features per key, so any writer, in any order, writes the same values."""
     return np.stack(
-        [np.random.default_rng(zlib.crc32(k.encode())).standard_normal((channels, *size), dtype=np.float32) for k in keys]
+        [
+            np.random.default_rng(zlib.crc32(k.encode())).standard_normal((channels, *size), dtype=np.float32)
+            for k in keys
+        ]
     )
 
 
@@ -66,6 +69,7 @@ def test_round_trip_to_dask_and_xarray(storage_root):
     store = create_feature_store(storage_root.url, spec(), toy_manifest(), storage_options=so)
     assert store.url == storage_root.join("toy", "vit_s16", "jbu")
     assert store.pending_shards() == [0, 1, 2]
+    assert store.estimate.features == 8 * C * H * W * 2
     for shard in range(3):
         write_shard(store, shard, bad={"s1k0"} if shard == 1 else ())
     reader = open_feature_store(store.url, storage_options=so)
@@ -230,7 +234,9 @@ def test_two_processes_writing_neighbouring_shards_never_lose_each_others_rows(s
     so = storage_root.storage_options
     # odd shard sizes and 2-row chunks: shards 0 and 1 would share the chunk of rows 2-3 without the
     # chunk-aligned layout, and then one writer's read-modify-write would undo the other's rows
-    store = create_feature_store(storage_root.url, spec(rows_per_chunk=2, lowres_size=None), toy_manifest((3, 3)), storage_options=so)
+    store = create_feature_store(
+        storage_root.url, spec(rows_per_chunk=2, lowres_size=None), toy_manifest((3, 3)), storage_options=so
+    )
     rounds = 12
     procs = [
         subprocess.Popen(
@@ -254,7 +260,12 @@ def test_pca_store_keeps_k_coefficients_and_reconstructs(tmp_path):
     basis = torch.linalg.qr(torch.randn(16, 3, generator=rng)).Q  # 16 channels spanning 3 directions
     feats = torch.einsum("ck,bkhw->bchw", basis, torch.randn(3, 3, H, W, generator=rng)) + 0.5
     pca = fit_pca(feats, 3)
-    store = create_feature_store(str(tmp_path), spec(channels=16, pca_components=3, dtype="float32", lowres_size=None), toy_manifest((3,)), pca=pca)
+    store = create_feature_store(
+        str(tmp_path),
+        spec(channels=16, pca_components=3, dtype="float32", lowres_size=None),
+        toy_manifest((3,)),
+        pca=pca,
+    )
     with store.shard_writer(0) as w:
         w.write(store.keys(0), feats)
     assert store.to_dask().shape == (3, 3, H, W)

@@ -19,11 +19,16 @@ def ade_root(tmp_path):
     raw[:5] = 1  # wall
     raw[5:10] = 150  # flag
     raw[10:15] = 3  # sky
-    for split, stems in (("training", ["ADE_train_00000001", "ADE_train_00000002"]), ("validation", ["ADE_val_00000001"])):
+    for split, stems in (
+        ("training", ["ADE_train_00000001", "ADE_train_00000002"]),
+        ("validation", ["ADE_val_00000001"]),
+    ):
         (root / "images" / split).mkdir(parents=True)
         (root / "annotations" / split).mkdir(parents=True)
         for stem in stems:
-            Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(root / "images" / split / f"{stem}.jpg")
+            Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(
+                root / "images" / split / f"{stem}.jpg"
+            )
             Image.fromarray(raw).save(root / "annotations" / split / f"{stem}.png")
     (root / "annotations" / "training" / "ADE_train_00000002.png").unlink()
     return root, raw

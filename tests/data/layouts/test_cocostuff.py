@@ -32,7 +32,9 @@ def coco_root(tmp_path):
     fine[12:14] = 255  # unlabeled
     fine[14:16] = 200  # not a COCO-Stuff class
     for stem in ("000000000139", "000000000285", "000000000632"):
-        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(root / "images" / "val2017" / f"{stem}.jpg")
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(
+            root / "images" / "val2017" / f"{stem}.jpg"
+        )
     for stem in ("000000000139", "000000000285"):
         (root / "annotations" / "val2017" / f"{stem}.png").write_bytes(png(fine))
     (root / "curated" / "val2017" / "Coco164kFull_Stuff_Coarse.txt").write_text("000000000285\n000000000139\n")
@@ -44,7 +46,9 @@ def test_coarse_labels_follow_the_27_class_mapping(coco_root, tmp_path):
     manifest = ingest("cocostuff", str(root), str(tmp_path / "out"), split="val2017", progress=False)
     assert manifest.classes == list(COARSE_CLASSES) and len(manifest.classes) == 27
     assert [k for s in manifest.shards for k in s.keys] == ["000000000139", "000000000285"]
-    assert [(b.key, b.reason) for b in manifest.bad] == [("000000000632", "no label map annotations/val2017/000000000632.png")]
+    assert [(b.key, b.reason) for b in manifest.bad] == [
+        ("000000000632", "no label map annotations/val2017/000000000632.png")
+    ]
     sample = next(iter(open_shards(str(tmp_path / "out"), size=None)))
     label = sample["label"].numpy()
     c = COARSE_CLASSES.index
@@ -66,7 +70,12 @@ def test_fine_labels_keep_the_182_classes(coco_root, tmp_path):
 def test_curated_image_list_picks_and_orders_images(coco_root, tmp_path):
     root, _ = coco_root
     manifest = ingest(
-        "cocostuff", str(root), str(tmp_path / "out"), split="val2017", image_list="Coco164kFull_Stuff_Coarse.txt", progress=False
+        "cocostuff",
+        str(root),
+        str(tmp_path / "out"),
+        split="val2017",
+        image_list="Coco164kFull_Stuff_Coarse.txt",
+        progress=False,
     )
     assert [k for s in manifest.shards for k in s.keys] == ["000000000285", "000000000139"]
     assert manifest.bad == []

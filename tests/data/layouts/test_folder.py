@@ -32,7 +32,9 @@ def photo_folder(tmp_path, image_zoo):
 def test_folder_ingest_keeps_good_images_and_lists_bad_ones(photo_folder, storage_root):
     root, _ = photo_folder
     so = storage_root.storage_options
-    manifest = ingest("folder", str(root), storage_root.join("photos"), image_format="png", storage_options=so, progress=False)
+    manifest = ingest(
+        "folder", str(root), storage_root.join("photos"), image_format="png", storage_options=so, progress=False
+    )
     keys = [k for s in manifest.shards for k in s.keys]
     assert keys == ["a", "cmyk", "deep16", "sub/b", "sub/c_v2"]
     assert {b.key: b.reason for b in manifest.bad}.keys() == {"broken", "tiny"}

@@ -26,7 +26,10 @@ def forget_test_layouts():
 def test_a_registered_layout_can_be_ingested(tmp_path, forget_test_layouts):
     @register_layout("test-solid-colours")
     def solid(root, *, storage_options=None):
-        samples = ({"__key__": f"c{i}", "image": np.full((16, 16, 3), i, np.uint8), "label": None, "depth": None, "meta": {}} for i in range(3))
+        samples = (
+            {"__key__": f"c{i}", "image": np.full((16, 16, 3), i, np.uint8), "label": None, "depth": None, "meta": {}}
+            for i in range(3)
+        )
         return LayoutSource(samples, ["x"], {"layout": "solid"})
 
     manifest = ingest("test-solid-colours", "unused", str(tmp_path / "out"), progress=False)
