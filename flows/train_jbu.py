@@ -20,6 +20,7 @@ def train_jbu(
     checkpoint_every: int = 100,
     image_size: int = 224,
     batch_size: int = 4,
+    num_jitters: int = 5,
     lr: float = 1e-3,
     max_images: int | None = None,
     seed: int = 0,
@@ -41,7 +42,8 @@ def train_jbu(
         steps: Optimisation steps in total (the published recipe: 2000).
         checkpoint_every: Save every this many steps.
         image_size: Training image side in pixels.
-        batch_size: Images per step (each seen under several jitters).
+        batch_size: Images per step.
+        num_jitters: Jittered views of each image per step (the published recipe: 5).
         lr: NAdam learning rate.
         max_images: Use at most this many images.
         seed: Seed of every random draw.
@@ -55,5 +57,6 @@ def train_jbu(
     if not images:
         raise ValueError(f"no readable images in {shards}")
     return train_jbu_task(images, backbone=backbone, tap=tap, steps=steps, checkpoint=checkpoint,
-                          checkpoint_every=checkpoint_every, image_size=image_size, batch_size=batch_size, lr=lr,
+                          checkpoint_every=checkpoint_every, image_size=image_size, batch_size=batch_size,
+                          num_jitters=num_jitters, lr=lr,
                           seed=seed, weights=weights, random_weights=random_weights, device=device)
