@@ -11,10 +11,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.futures import as_completed
-from prefect.locking.filesystem import FileSystemLockManager
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.features import create_store, process_shard
+from tasks.locks import ProcessAwareLockManager
 from tasks.storage import storage_options
 
 Upsampler = Literal["jbu", "implicit", "bilinear", "resize_conv"]
@@ -22,15 +22,15 @@ DEFAULT_LOCK_DIR = os.path.join(Path.home(), ".prefect", "featup-shard-locks")
 
 
 def _shard_key(context, parameters: dict[str, Any]) -> str:
-    # One record per (store, shard): runs that meet on a shard wait for each other and the later one
+    # One record per (store as created, shard): runs that meet on a shard wait for each other and the later one
     # reuses the earlier one's report, so no shard is processed twice, whichever worker holds it.
-    ident = f"{parameters['store_url']}|{parameters['shard']}".encode()
+    ident = f"{parameters['store_url']}|{parameters['store_version']}|{parameters['shard']}".encode()
     return f"featup-shard-{hashlib.sha256(ident).hexdigest()[:32]}"
 
 
 def _shard_policy(lock_dir: str):
     return CacheKeyFnPolicy(cache_key_fn=_shard_key).configure(
-        isolation_level="SERIALIZABLE", lock_manager=FileSystemLockManager(lock_files_directory=Path(lock_dir))
+        isolation_level="SERIALIZABLE", lock_manager=ProcessAwareLockManager(lock_files_directory=Path(lock_dir))
     )
 
 
@@ -102,7 +102,7 @@ def precompute_features(
                                         key="precompute-progress", description=f"shards done in {created['url']}")
     options = dict(backbone=backbone, tap=tap, upsampler=upsampler, checkpoint=checkpoint, weights=weights,
                    random_weights=random_weights, batch_size=batch_size, device=device, amp=amp,
-                   num_workers=num_workers, storage_secret=storage_secret)
+                   num_workers=num_workers, storage_secret=storage_secret, store_version=created["version"])
     runner = _task_runner(concurrency, dask_address, dask_workers)
     reports = _run_shards.with_options(task_runner=runner)(created["url"], pending, options, str(progress),
                                                          total, lock_dir)
@@ -126,7 +126,10 @@ def _run_shards(store_url: str, pending: list[int], options: dict[str, Any], pro
     done = total - len(pending)
     reports = []
     for future in as_completed(futures):
-        reports.append(future.result())
+        report = dict(future.result())
+        # A cached state is another run's report for this shard: this run did not process it.
+        report["skipped"] = report["skipped"] or future.state.name == "Cached"
+        reports.append(report)
         done += 1
         update_progress_artifact(progress_id, progress=100.0 * done / total)
     return sorted(reports, key=lambda r: r["shard"])

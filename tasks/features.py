@@ -39,16 +39,21 @@ def create_store(shards: str, store_root: str, *, dataset: str, backbone: str, t
     store = create_feature_store(store_root, spec, manifest, storage_options=storage)
     logger.info("feature store %s: %d shards, %d pending\n%s", store.url, store.num_shards,
                 len(store.pending_shards()), store.estimate)
-    return {"url": store.url, "pending": store.pending_shards(), "num_shards": store.num_shards}
+    return {"url": store.url, "pending": store.pending_shards(), "num_shards": store.num_shards,
+            "version": str(store.info.get("created"))}
 
 
 @task(name="precompute-shard", tags=["gpu"], retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=io_retry,
       persist_result=False)
 def process_shard(store_url: str, shard: int, *, backbone: str, tap: str | None, upsampler: str,
                   checkpoint: str | None, weights: str | None, random_weights: bool, batch_size: int,
-                  device: str, amp: str, num_workers: int, storage_secret: str | None,
+                  device: str, amp: str, num_workers: int, storage_secret: str | None, store_version: str = "",
                   implicit_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Featurize, upsample and store one shard (skipped when complete); returns its report."""
+    """Featurize, upsample and store one shard (skipped when complete); returns its report.
+
+    ``store_version`` (when the store was created) only keys the shard's cache record and lock, so a
+    store deleted and made anew is not mistaken for the old one.
+    """
     logger = get_run_logger()
     storage = storage_options(storage_secret)
     store = open_feature_store(store_url, mode="a", storage_options=storage)
