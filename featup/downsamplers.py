@@ -20,12 +20,18 @@ __all__ = ["AttentionDownsampler", "SimpleDownsampler", "gaussian_blur"]
 
 def gaussian_blur(x: torch.Tensor, kernel_size: int = 5, sigma: float = 1.0) -> torch.Tensor:
     """Blur each channel of a B×C×H×W map with a normalised Gaussian (reflect border), as two 1-D passes."""
+    return _blur(x, kernel_size, sigma)
+
+
+def _blur(x: torch.Tensor, kernel_size: int = 5, sigma: float = 1.0, extra_rows: int = 0,
+          extra_cols: int = 0) -> torch.Tensor:
+    """gaussian_blur, optionally with extra reflected rows / columns at the bottom / right of the output."""
     radius = kernel_size // 2
     taps = torch.arange(kernel_size, device=x.device, dtype=x.dtype) - radius
     kernel = torch.exp(-taps.square() / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     c = x.shape[1]
-    x = F.pad(x, [radius] * 4, mode="reflect")
+    x = F.pad(x, [radius, radius + extra_cols, radius, radius + extra_rows], mode="reflect")
     x = F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     return F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
 
@@ -125,27 +131,43 @@ class AttentionDownsampler(nn.Module):
         elif saliency.shape != (features.shape[0], 1, *features.shape[-2:]):
             raise ValueError(f"saliency must be B×1×H×W = {(features.shape[0], 1, *features.shape[-2:])}, "
                              f"got {tuple(saliency.shape)}")
-        both = _fit_span(torch.cat([saliency.to(features.dtype), features], 1), output_size,
-                         self.kernel_size, self.stride)
-        both = gaussian_blur(both)
-        return _window_sum(both[:, 1:], self.attention(both[:, :1], output_size), self.stride)
+        k, s = self.kernel_size, self.stride
+        features = _fit_span(features, output_size, k, s)
+        saliency = gaussian_blur(_fit_span(saliency.to(features.dtype), output_size, k, s))
+        # The block-wise window sum wants whole stride×stride blocks; the blur's padding supplies the few
+        # extra rows and columns (their weights are zero) instead of a separate copy of the features.
+        m = math.ceil(k / s)
+        extra_rows = (output_size[0] + m - 1) * s - features.shape[-2]
+        extra_cols = (output_size[1] + m - 1) * s - features.shape[-1]
+        values = _blur(features, extra_rows=extra_rows, extra_cols=extra_cols)
+        return _window_sum(values, self.attention(saliency, output_size), s)
 
 
 def _window_sum(x: torch.Tensor, attn: torch.Tensor, stride: int) -> torch.Tensor:
-    """out[b,c,y,x] = Σ_ij attn[b,y,x,i,j] · x[b,c,stride·y+i,stride·x+j], one stride×stride block phase at a time."""
-    b = x.shape[0]
+    """out[b,c,y,x] = Σ_ij attn[b,y,x,i,j] · x[b,c,stride·y+i,stride·x+j], as one batched matmul over blocks.
+
+    The input is cut into stride×stride blocks; a window spans m×m of them (m = ceil(k / stride)), so the
+    weights are laid out as m² single-channel "phase" maps over the block grid, every block meets all
+    phases in one matmul, and each window adds up its m² phase results. Unlike unfolding, nothing of size
+    C × k² × windows is ever held, and the backward pass is one matmul too.
+    """
+    b, c = x.shape[:2]
     _, h, w, k, _ = attn.shape
     s = stride
-    m = math.ceil(k / s)  # blocks a window spans per axis
+    m = math.ceil(k / s)
     # Taps beyond k (block padding) get zero weight; rows past the input are zero-padded.
     attn = F.pad(attn, [0, m * s - k, 0, m * s - k]).view(b, h, w, m, s, m, s)
-    x = F.pad(x, [0, (w + m - 1) * s - x.shape[-1], 0, (h + m - 1) * s - x.shape[-2]])
+    rows, cols = h + m - 1, w + m - 1
+    if (x.shape[-2], x.shape[-1]) != (rows * s, cols * s):
+        x = x[:, :, :rows * s, :cols * s]
+        x = F.pad(x, [0, cols * s - x.shape[-1], 0, rows * s - x.shape[-2]])
+    blocks = x.view(b, c, rows, s, cols, s)
+    phases = torch.stack([F.pad(attn[:, :, :, dy, :, dx, :], [0, 0, 0, 0, dx, m - 1 - dx, dy, m - 1 - dy])
+                          for dy in range(m) for dx in range(m)], 1)  # b × m² × rows × cols × s × s
+    per_block = torch.einsum("bcyixj,bpyxij->bcpyx", blocks, phases)
     out = None
     for dy in range(m):
         for dx in range(m):
-            # For one block phase every pixel belongs to exactly one window: a per-pixel weight map.
-            weights = attn[:, :, :, dy, :, dx, :].permute(0, 1, 3, 2, 4).reshape(b, 1, h * s, w * s)
-            part = x[:, :, dy * s:(dy + h) * s, dx * s:(dx + w) * s]
-            term = F.avg_pool2d(part * weights, s, divisor_override=1)
+            term = per_block[:, :, dy * m + dx, dy:dy + h, dx:dx + w]
             out = term if out is None else out + term
     return out

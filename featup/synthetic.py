@@ -10,6 +10,8 @@ output can be scored against the truth at full resolution (``feature_metrics``).
 from __future__ import annotations
 
 import math
+import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +19,7 @@ from torch import nn
 
 from featup.backbones import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
-__all__ = ["SyntheticBackbone", "feature_metrics", "synthetic_images"]
+__all__ = ["SyntheticBackbone", "compare_on_synthetic", "feature_metrics", "synthetic_images"]
 
 
 def synthetic_images(count: int, size: int | tuple[int, int], *, seed: int, shapes: int = 8) -> torch.Tensor:
@@ -117,3 +119,64 @@ def feature_metrics(prediction: torch.Tensor, truth: torch.Tensor) -> dict[str, 
     peak = truth.flatten(1).amax(1) - truth.flatten(1).amin(1)
     psnr = (10 * torch.log10(peak.square() / mse.clamp_min(1e-20))).mean()
     return {"cosine": float(cosine), "psnr": float(psnr)}
+
+
+def compare_on_synthetic(
+    *,
+    image_size: int = 224,
+    stride: int = 16,
+    dim: int = 32,
+    train_images: int = 64,
+    test_images: int = 4,
+    jbu_steps: int = 300,
+    jbu_layers: int = 4,
+    jbu_options: dict[str, Any] | None = None,
+    implicit_images: int | None = None,
+    implicit_options: dict[str, Any] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Train JBU on synthetic images, fit implicit per held-out image, score bilinear / JBU / implicit against the truth.
+
+    Returns, per upsampler, ``cosine`` and ``psnr`` on the held-out images (implicit on the first
+    ``implicit_images`` of them, where bilinear is also reported as ``bilinear@implicit``) and timings:
+    ``train_seconds`` (JBU training, implicit fitting per image) and ``step_seconds`` (JBU).
+    """
+    # Imported here: featup.training pulls in the upsamplers, which plain users of the task do not need.
+    from featup.training import fit_implicit, train_jbu
+    from featup.upsamplers import create_upsampler
+
+    backbone = SyntheticBackbone(dim, stride, seed=seed)
+    train = synthetic_images(train_images, image_size, seed=seed + 1)
+    test = synthetic_images(test_images, image_size, seed=seed + 2)
+    truth = backbone.true_features(test)
+    with torch.no_grad():
+        low = backbone(backbone.normalize(test))
+    results = {"bilinear": feature_metrics(F.interpolate(low, size=truth.shape[-2:], mode="bilinear",
+                                                         align_corners=False), truth)}
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        upsampler = create_upsampler("jbu", dim=dim, num_layers=jbu_layers)
+    start = time.perf_counter()
+    jbu, _ = train_jbu(backbone, train, jbu_steps, upsampler=upsampler, image_size=image_size, seed=seed,
+                       progress=progress, **(jbu_options or {}))
+    elapsed = time.perf_counter() - start
+    with torch.no_grad():
+        results["jbu"] = {**feature_metrics(jbu(low, test), truth), "train_seconds": elapsed,
+                          "step_seconds": elapsed / max(jbu_steps, 1)}
+
+    count = test_images if implicit_images is None else min(implicit_images, test_images)
+    if count > 0:
+        start = time.perf_counter()
+        rendered = []
+        for i in range(count):
+            model = fit_implicit(test[i], backbone, seed=seed + i, progress=progress, **(implicit_options or {}))
+            with torch.no_grad():
+                rendered.append(model(low[i:i + 1], test[i:i + 1]))
+        seconds = (time.perf_counter() - start) / count
+        results["implicit"] = {**feature_metrics(torch.cat(rendered), truth[:count]), "train_seconds": seconds}
+        if count < test_images:
+            up = F.interpolate(low[:count], size=truth.shape[-2:], mode="bilinear", align_corners=False)
+            results["bilinear@implicit"] = feature_metrics(up, truth[:count])
+    return results

@@ -110,8 +110,7 @@ def _pool_views(downsampler: nn.Module, values: torch.Tensor, saliency: torch.Te
     """Jitter per-view values (and the saliency logits) and pool them onto the backbone's grid."""
     if saliency is None:
         return downsampler(apply_jitter(values, jitters), grid)
-    both = apply_jitter(torch.cat([saliency, values], 1), jitters)
-    return downsampler(both[:, 1:], grid, saliency=both[:, :1])
+    return downsampler(apply_jitter(values, jitters), grid, saliency=apply_jitter(saliency, jitters))
 
 
 class _Tensors(nn.Module):
@@ -297,10 +296,12 @@ def fit_implicit(
     max_pad: int = 30,
     max_zoom: float = 1.8,
     proj_dim: int = 128,
+    projection_dim: int | None = None,
     pca_views: int = 50,
     magnitude_weight: float = 0.001,
     tv_weight: float = 0.05,
     blur_pin_weight: float = 0.1,
+    lr_decay: bool = True,
     featurize_batch: int = 64,
     seed: int = 0,
     progress: bool = True,
@@ -349,27 +350,40 @@ def fit_implicit(
         scale_net = UncertaintyScale(model.proj_dim).to(device)
         params = [*model.parameters(), *downsampler.parameters(), *scale_net.parameters()]
         optimizer = torch.optim.NAdam(params, lr=lr)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) if lr_decay else None
 
         for step in tqdm(range(steps), desc="implicit fit", disable=not progress):
             model.train()
             downsampler.train()
             idx = torch.randint(views, (views_per_step,), generator=g)
+            target = targets[idx.to(device)]
+            projection = None
+            if projection_dim is not None and projection_dim < model.proj_dim:
+                projection = random_projection(views_per_step, model.proj_dim, projection_dim, generator=g,
+                                               device=device)
             with _autocast(device):
                 hr = model.render()
                 hr_mag = magnitude(hr.float())
-                both = torch.cat([hr_mag, hr], 1)
-                pooled = downsampler(apply_jitter(both, [jitters[i] for i in idx.tolist()]), grid)
+                both = torch.cat([hr_mag, hr.float()], 1)
+                saliency = downsampler.saliency_logits(both)
+                if projection is None:
+                    values = both
+                else:
+                    values = torch.cat([hr_mag.expand(views_per_step, -1, -1, -1),
+                                        torch.einsum("chw,ncd->ndhw", hr[0].float(), projection)], 1)
+                    saliency = saliency.expand(views_per_step, -1, -1, -1)
+                pooled = _pool_views(downsampler, values, saliency, [jitters[i] for i in idx.tolist()], grid)
             pooled = pooled.float()
-            target = targets[idx.to(device)]
             scale = scale_net(target)
-            reconstruction = gaussian_nll(pooled[:, 1:], target, scale)
+            goal = target if projection is None else project(target, projection)
+            reconstruction = gaussian_nll(pooled[:, 1:], goal, scale)
             loss = (reconstruction + magnitude_weight * magnitude_loss(pooled[:, :1], target)
                     + tv_weight * total_variation(hr_mag) + blur_pin_weight * blur_pin_loss(hr.float()))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
+            if schedule is not None:
+                schedule.step()
             if log is not None:
                 log({"step": step + 1, "loss": loss.item(), "reconstruction": reconstruction.item()})
     model.upsampler_cfg = {"upsampler": "implicit", "dim": backbone.dim, "backbone": backbone.name}

@@ -16,6 +16,7 @@ Every sample is ``{"__key__", "image": H×W×3 uint8, "label": H×W uint8 (255 =
 
 from __future__ import annotations
 
+import colorsys
 import functools
 import gzip
 import warnings
@@ -102,8 +103,6 @@ def _textures() -> tuple[np.ndarray, ...]:
 def _random_colour(rng: np.random.Generator, saturation: tuple[float, float],
                    value: tuple[float, float]) -> np.ndarray:
     """An RGB colour in 0..1 from a uniformly random hue and the given saturation/value ranges."""
-    import colorsys
-
     return np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(*saturation), rng.uniform(*value)))
 
 

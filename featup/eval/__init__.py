@@ -1,6 +1,12 @@
 """Evaluation of (upsampled) features: linear probes for segmentation and depth, CAM faithfulness, reports."""
 
-from featup.eval.cam import CamOutcome, class_scores, evaluate_cams, explain, normalize_cam
+from featup.eval.cam import (
+    CamOutcome,
+    class_scores,
+    evaluate_cams,
+    explain,
+    normalize_cam,
+)
 from featup.eval.compare import CompareSettings, Comparison, Example, compare_upsamplers
 from featup.eval.depth_probe import evaluate_depth_probe, fit_depth_probe, predict_depth
 from featup.eval.metrics import (
@@ -13,7 +19,11 @@ from featup.eval.metrics import (
 )
 from featup.eval.probe import LinearProbe
 from featup.eval.report import markdown_table, write_report
-from featup.eval.seg_probe import evaluate_seg_probe, fit_seg_probe, predict_segmentation
+from featup.eval.seg_probe import (
+    evaluate_seg_probe,
+    fit_seg_probe,
+    predict_segmentation,
+)
 
 __all__ = [
     "CamOutcome",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,14 +21,18 @@ from featup.eval.cam import explain
 from featup.eval.depth_probe import evaluate_depth_probe, fit_depth_probe, predict_depth
 from featup.eval.features import Upsample, backbone_features, image_tensor, upsampled
 from featup.eval.metrics import align_scale_shift, average_drop, average_increase
-from featup.eval.seg_probe import evaluate_seg_probe, fit_seg_probe, predict_segmentation
+from featup.eval.seg_probe import (
+    evaluate_seg_probe,
+    fit_seg_probe,
+    predict_segmentation,
+)
 
 __all__ = ["METRICS", "CompareSettings", "Comparison", "Example", "UpsamplerSpec", "compare_upsamplers"]
 
 # An upsampler to compare: None (the low-res features themselves), a module with
 # ``forward(features, image01, output_size)``, or a factory called with each backbone that returns an
 # `Upsample` (module or function) for it, or None where it cannot serve that backbone.
-UpsamplerSpec = Union[None, nn.Module, Callable[[nn.Module], Union[Upsample, None]]]
+UpsamplerSpec = nn.Module | Callable[[nn.Module], Upsample | None] | None
 
 # Row keys of the metrics, in table order: (key, header, higher is better).
 METRICS = (
@@ -54,6 +58,7 @@ class CompareSettings:
 
     image_size: int = 224
     output_size: int | None = None  # side of the upsampled features; None = image_size
+    cam_output_size: int | None = None  # the same for CAMs (1280-channel maps are costly); None = output_size
     probe_protocol: str = "own"
     label_reduce: str = "majority"
     resize_mode: str = "nearest"  # low-res predictions and CAMs → label/image size
@@ -188,7 +193,7 @@ def _run_probe_task(task: str, names: Sequence[str], usable: Mapping[str, Upsamp
         if name not in usable:
             continue
         upsample = usable[name]
-        probe = shared or fit(_pairs(train, name, upsample, settings, timer, full=full))
+        probe = shared if shared is not None else fit(_pairs(train, name, upsample, settings, timer, full=full))
         keep: dict = {}
         test_pairs = _pairs(test, name, upsample, settings, timer, keep, full=full)
         if task == "seg":
@@ -218,6 +223,7 @@ def compare_upsamplers(
     depth_test: Iterable[dict] | None = None,
     cam_images: Iterable[dict] | None = None,
     cam_backbone: nn.Module | None = None,
+    cam_class_names: Sequence[str] | None = None,
     settings: CompareSettings = CompareSettings(),
     progress: bool = True,
 ) -> Comparison:
@@ -225,7 +231,8 @@ def compare_upsamplers(
 
     Datasets are iterables of samples (``{"__key__", "image", "label", "depth", "meta"}``). Segmentation
     and depth use ``backbone``; CAMs use ``cam_backbone`` (default ``backbone``), which needs a classifier
-    head (e.g. ``load_backbone("efficientnet_lite0", tap="stride32")``). A factory spec is called once per
+    head (e.g. ``load_backbone("efficientnet_lite0", tap="stride32")``); ``cam_class_names`` name its
+    classes in the report. A factory spec is called once per
     backbone; where it returns None that upsampler's cells for the backbone's tasks stay empty.
     """
     if not upsamplers:
@@ -278,7 +285,7 @@ def compare_upsamplers(
         counts["cam"] = len(items)
         shown = (items[0].image[0].permute(1, 2, 0) * 255).round().byte().numpy()
         example = Example(shown, None)
-        size = settings.output_size or settings.image_size
+        size = settings.cam_output_size or settings.output_size or settings.image_size
         for name in tqdm(names, desc="CAMs", disable=not progress, leave=False):
             ok, upsample = _resolve(upsamplers[name], cam_net)
             if not ok:
@@ -292,7 +299,8 @@ def compare_upsamplers(
                 o.append(outcome.o)
                 if i == 0:
                     example.outputs[name] = outcome.cam.numpy()
-                    example.caption = f"class {outcome.class_index}, p = {outcome.y:.2f}"
+                    label = cam_class_names[outcome.class_index] if cam_class_names else "class"
+                    example.caption = f"{label} ({outcome.class_index}), p = {outcome.y:.2f}"
             y_t, o_t = torch.tensor(y), torch.tensor(o)
             rows[name].update(cam_ad=average_drop(y_t, o_t), cam_ai=average_increase(y_t, o_t))
         examples["cam"] = example

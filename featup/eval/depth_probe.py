@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from featup.eval.metrics import align_scale_shift, depth_errors
-from featup.eval.probe import LinearProbe, as_chw, resize_map, sample_pixels, standardization
+from featup.eval.probe import (
+    LinearProbe,
+    as_chw,
+    resize_map,
+    sample_pixels,
+    standardization,
+)
 
 __all__ = ["evaluate_depth_probe", "fit_depth_probe", "predict_depth", "reduce_depth", "ssi_loss"]
 

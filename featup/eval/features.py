@@ -50,8 +50,9 @@ def upsampled(features: torch.Tensor, image01: torch.Tensor, upsample: Upsample 
     if isinstance(upsample, nn.Module):
         with torch.no_grad():
             out = upsample(features, image01, size)
-    else:  # a function may fit something to this image first, so it keeps autograd
-        out = upsample(features, image01, size).detach()
+    else:  # a function may fit something to this image first: it gets autograd even inside no_grad
+        with torch.enable_grad():
+            out = upsample(features, image01, size).detach()
     if out.ndim != 4 or out.shape[:2] != features.shape[:2]:
         raise ValueError(f"an upsampler returned shape {tuple(out.shape)} for features {tuple(features.shape)}; "
                          "it must keep batch and channels (B×C×H×W)")

@@ -181,7 +181,9 @@ def write_report(
         figures.append(("cam.png", "Class activation maps", _cam_figure(ex["cam"])))
 
     settings = comparison.settings
-    setup = (f"images {settings.image_size} px, upsampled features {settings.output_size or settings.image_size} px, "
+    dense_size = settings.output_size or settings.image_size
+    setup = (f"images {settings.image_size} px, upsampled features {dense_size} px "
+             f"(CAMs {settings.cam_output_size or dense_size} px), "
              f"probe protocol '{settings.probe_protocol}', labels reduced by '{settings.label_reduce}', "
              f"low-res outputs resized by '{settings.resize_mode}', seed {settings.seed}; images: "
              + ", ".join(f"{k} {v}" for k, v in comparison.counts.items()))

@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from featup.eval.metrics import IGNORE_INDEX, confusion_matrix, segmentation_scores
-from featup.eval.probe import LinearProbe, as_chw, resize_map, sample_pixels, standardization
+from featup.eval.probe import (
+    LinearProbe,
+    as_chw,
+    resize_map,
+    sample_pixels,
+    standardization,
+)
 
 __all__ = ["evaluate_seg_probe", "fit_seg_probe", "predict_segmentation", "reduce_labels"]
 

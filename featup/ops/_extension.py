@@ -15,13 +15,15 @@ module then registers their autograd formula and shape-only (fake) kernels, so t
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib
 import importlib.util
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +37,10 @@ _REASON_CHARS = 2000  # a failed build's log can be long; its end says what went
 
 @dataclass(frozen=True)
 class _Kernels:
-    """Outcome of loading the extension once per process: where from, or why not."""
+    """Outcome of loading the extension once per process."""
 
-    origin: str | None
-    failure: str | None
+    origin: str | None  # the installed module or JIT build folder the ops came from; None if none loaded
+    problems: str  # what went wrong on the way, "" if nothing
 
 
 _lock = threading.Lock()
@@ -63,19 +65,20 @@ def compiled_unavailable_reason(device_type: str) -> str | None:
     return _reasons[device_type]
 
 
-def _find_reason(device_type: str) -> str | None:
-    kernels = _load()
-    if kernels.failure is not None:
-        return kernels.failure
-    key = {"cpu": torch._C.DispatchKey.CPU, "cuda": torch._C.DispatchKey.CUDA}.get(device_type)
-    if key is None or not torch.ops.featup.adaptive_conv_forward.default.has_kernel_for_dispatch_key(key):
-        return f"the featup kernels loaded from {kernels.origin} have no {device_type!r} kernel"
-    return None
-
-
 def kernels_origin() -> str | None:
     """Where the kernels come from (installed module or JIT build folder), loading them; None if they cannot load."""
     return _load().origin
+
+
+def _find_reason(device_type: str) -> str | None:
+    kernels = _load()
+    if kernels.origin is None:
+        return kernels.problems
+    key = {"cpu": torch._C.DispatchKey.CPU, "cuda": torch._C.DispatchKey.CUDA}.get(device_type)
+    if key is None or not torch.ops.featup.adaptive_conv_forward.default.has_kernel_for_dispatch_key(key):
+        missing = f"the featup kernels loaded from {kernels.origin} have no {device_type!r} kernel."
+        return f"{missing} {kernels.problems}".strip()
+    return None
 
 
 def _forward(x_padded: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
@@ -87,55 +90,80 @@ def _load() -> _Kernels:
     with _lock:
         if _kernels is None:
             _kernels = _load_once()
-            if _kernels.failure is None:
+            if _kernels.origin is not None:
                 _register_python_side()
         return _kernels
 
 
 def _load_once() -> _Kernels:
-    failures = []
+    problems = []
     if importlib.util.find_spec(_AOT_MODULE) is not None:
         try:
-            module = importlib.import_module(_AOT_MODULE)
-            return _Kernels(origin=module.__file__, failure=None)
+            return _Kernels(origin=importlib.import_module(_AOT_MODULE).__file__, problems="")
         except Exception as exc:  # a build for another torch fails here with an undefined symbol
-            failures.append(f"installed {_AOT_MODULE} did not load ({exc}); ")
-    try:
-        return _Kernels(origin=_jit_build(), failure=None)
-    except Exception as exc:  # no compiler, no ninja, no sources, a compile error: all mean "fall back"
-        message = f"{''.join(failures)}JIT build failed: {type(exc).__name__}: {exc}"
-        return _Kernels(origin=None, failure=message[-_REASON_CHARS:])
-
-
-def _jit_build() -> str:
+            problems.append(f"The installed {_AOT_MODULE} did not load: {exc}.")
     if not _BUILD_CONFIG.is_file():
-        raise FileNotFoundError(
-            f"no kernel sources at {_BUILD_CONFIG.parent} (featup is not a source checkout); "
-            f"install the ahead-of-time build with `pip install ./kernels` from a featup checkout"
+        problems.append(
+            f"No kernel sources at {_BUILD_CONFIG.parent} (featup is not a source checkout): install the "
+            "ahead-of-time build with `pip install --no-build-isolation ./kernels` from a featup checkout."
         )
+        return _Kernels(origin=None, problems=" ".join(problems))
+    from torch.utils import cpp_extension
+
+    variants = [False]
+    if torch.cuda.is_available():
+        if cpp_extension.CUDA_HOME is None:
+            problems.append("No CUDA toolkit found (nvcc, CUDA_HOME): built the CPU kernels only.")
+        else:
+            variants.insert(0, True)
+    for with_cuda in variants:
+        try:
+            return _Kernels(origin=_jit_build(with_cuda), problems=" ".join(problems))
+        except Exception as exc:  # no compiler, no ninja, a compile error: all mean "fall back"
+            message = f"{type(exc).__name__}: {exc}"[-_REASON_CHARS:]
+            problems.append(f"The JIT build {'with' if with_cuda else 'without'} CUDA failed: {message}")
+    return _Kernels(origin=None, problems=" ".join(problems))
+
+
+def _jit_build(with_cuda: bool) -> str:
     from torch.utils import cpp_extension
 
     spec = importlib.util.spec_from_file_location("featup_kernels_build_config", _BUILD_CONFIG)
     config = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(config)
-    with_cuda = torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
-    # One folder per Python, torch and device kind, so that switching any of them never loads a stale build.
+    # One folder per environment (torch install) and variant: builds of several virtualenvs, or with and
+    # without CUDA, never overwrite each other nor load each other's stale library.
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
-    tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}_{'cuda' if with_cuda else 'cpu'}"
-    build_dir = Path(root) / f"{config.NAME}_{tag}"
+    env_id = hashlib.sha1(str(Path(torch.__file__).parent).encode()).hexdigest()[:8]
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}_{env_id}"
+    build_dir = Path(root) / f"{config.NAME}_{tag}_{'cuda' if with_cuda else 'cpu'}"
     build_dir.mkdir(parents=True, exist_ok=True)
     _LOG.info("building the featup kernels in %s (once; later runs reuse the build)", build_dir)
-    cpp_extension.load(
-        name=config.NAME,
-        sources=config.sources(with_cuda),
-        extra_cflags=config.CXX_FLAGS,
-        extra_cuda_cflags=config.NVCC_FLAGS,
-        extra_ldflags=config.LD_FLAGS,
-        build_directory=str(build_dir),
-        with_cuda=with_cuda,
-        is_python_module=False,
-    )
+    with _environment_tools_on_path():
+        cpp_extension.load(
+            name=config.NAME,
+            sources=config.sources(with_cuda),
+            extra_cflags=config.CXX_FLAGS,
+            extra_cuda_cflags=config.NVCC_FLAGS,
+            extra_ldflags=config.LD_FLAGS,
+            build_directory=str(build_dir),
+            with_cuda=with_cuda,
+            is_python_module=False,
+        )
     return str(build_dir)
+
+
+@contextlib.contextmanager
+def _environment_tools_on_path() -> Iterator[None]:
+    """Put this interpreter's bin folder first on PATH while building, so that the virtualenv's ninja is the one
+    torch runs even when the virtualenv is not activated (and a system ninja of another version, which would
+    discard the build log and rebuild everything, is not)."""
+    saved = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), saved])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = saved
 
 
 def _register_python_side() -> None:

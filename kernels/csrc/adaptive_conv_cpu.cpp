@@ -120,7 +120,9 @@ FEATUP_CPU_CLONES void stencil_row(const T* w, const T* src, int64_t src_c, TapS
       stencil_tile<T, D, kBlockC>(w + x, src + x, src_c, t, dst + x, dst_c);
       continue;
     }
-    for (int64_t c = 0; c < nc; ++c) stencil_tile<T, D, 1>(w + x, src + c * src_c + x, src_c, t, dst + c * dst_c + x, dst_c);
+    for (int64_t c = 0; c < nc; ++c) {
+      stencil_tile<T, D, 1>(w + x, src + c * src_c + x, src_c, t, dst + c * dst_c + x, dst_c);
+    }
   }
 }
 
@@ -159,7 +161,9 @@ FEATUP_CPU_CLONES void correlate_row(const T* g, int64_t g_c, const T* src, int6
     return;
   }
   int64_t x0 = 0;
-  for (; x0 + kTileX <= width; x0 += kTileX) correlate_tile<T, D>(g + x0, g_c, src + x0, src_c, src_row, nc, dkt + x0, dk_tap);
+  for (; x0 + kTileX <= width; x0 += kTileX) {
+    correlate_tile<T, D>(g + x0, g_c, src + x0, src_c, src_row, nc, dkt + x0, dk_tap);
+  }
   if (x0 == width) return;
   const int64_t x = width - kTileX, done = x0 - x;
   T masked[kCorrBlockC * kTileX] = {};

@@ -107,7 +107,7 @@ def test_empty_scene_depth_is_the_exact_ray_plane_distance():
     # Independent ray cast at the 2× render grid: planar depth of the ground (y = 0) or wall (z = wall).
     n = 2 * size
     focal = (n / 2) / np.tan(np.deg2rad(camera["fov_deg"]) / 2)
-    v, u = np.mgrid[0:n, 0:n] + 0.5
+    v = np.mgrid[0:n, 0:n][0] + 0.5
     yc, zc = -(v - n / 2) / focal, np.ones_like(v)
     y_world = np.cos(pitch) * yc - np.sin(pitch) * zc
     z_world = np.sin(pitch) * yc + np.cos(pitch) * zc

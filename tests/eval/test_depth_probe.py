@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from featup.eval.depth_probe import evaluate_depth_probe, fit_depth_probe, predict_depth, reduce_depth, ssi_loss
+from featup.eval.depth_probe import (
+    evaluate_depth_probe,
+    fit_depth_probe,
+    predict_depth,
+    reduce_depth,
+    ssi_loss,
+)
 
 
 def depth_maps(n: int, size: int = 32, seed: int = 0) -> list[torch.Tensor]:

@@ -4,7 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from featup.eval.seg_probe import evaluate_seg_probe, fit_seg_probe, predict_segmentation, reduce_labels
+from featup.eval.seg_probe import (
+    evaluate_seg_probe,
+    fit_seg_probe,
+    predict_segmentation,
+    reduce_labels,
+)
 
 
 def blocky_labels(n: int, classes: int, cells: int = 6, cell: int = 8, seed: int = 0) -> list[torch.Tensor]:

@@ -1,0 +1,140 @@
+"""Several workers on one pool share a dataset: two precompute runs, two workers, every shard done once.
+
+This is how a team scales out (docs/deploy.md): more workers on the `gpu` pool, each taking flow runs of
+`precompute-features/gpu` for the same dataset. The shard locks of flows/precompute.py make runs that
+meet on a shard wait for each other, so no shard is computed twice, and the store they write together
+is the one a single run writes.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHARDS, PER_SHARD = 6, 4
+START_AHEAD_S = 45  # time for both workers to start their flow-run processes (imports take 20 s on a busy machine)
+
+
+def _dataset(root: Path) -> str:
+    """SHARDS webdataset shards of PER_SHARD small random JPEGs (plus manifest.json) under ``root``."""
+    from PIL import Image
+
+    from featup.data import ingest
+
+    images = root / "images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(SHARDS * PER_SHARD):
+        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(images / f"img{i:03d}.jpg")
+    url = str(root / "shards")
+    manifest = ingest("folder", str(images), url, max_count=PER_SHARD, progress=False)
+    assert len(manifest.shards) == SHARDS
+    return url
+
+
+def _summary(server, flow_run_id: str) -> dict:
+    """The summary the flow logs when it is done ("done: {...}")."""
+    found = re.findall(r"done: (\{.*\})", server.logs_of(flow_run_id))
+    assert found, f"no summary in the logs of {flow_run_id}:\n{server.logs_of(flow_run_id)}"
+    return ast.literal_eval(found[-1])
+
+
+def _processed_shards(server, flow_run_id: str) -> set[int]:
+    """Shards the run computed itself (its shard tasks log "shard N: K written"), from its sub-flow runs' logs."""
+    with server.client() as api:
+        children = api.post("/flow_runs/filter", json={"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}})
+        ids = [flow_run_id, *(r["id"] for r in children.raise_for_status().json())]
+    logs = "\n".join(server.logs_of(i) for i in ids)
+    return {int(s) for s in re.findall(r"shard (\d+): \d+ written", logs)}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_workers_on_one_pool_process_every_shard_exactly_once(prefect_server, deployments, workers, tmp_path):
+    server = workers
+    shards = _dataset(tmp_path / "data")
+    options = dict(upsampler="bilinear", output_size=224, batch_size=1, num_workers=0, device="cpu",
+                   amp="float32", dtype="float32", concurrency=1)
+    store, reference = str(tmp_path / "features"), str(tmp_path / "reference")
+    for name in ("gpu-host-1", "gpu-host-2"):
+        # one flow run at a time per worker, as on a GPU host; runs due within 2 minutes are taken at once
+        server.start_worker("gpu", name, limit=1, env={"PREFECT_WORKER_PREFETCH_SECONDS": "120"})
+    server.wait_for_workers("gpu", ["gpu-host-1", "gpu-host-2"])
+
+    # Both runs are scheduled for the same moment a little ahead: each worker starts its run's process and
+    # imports the flow now, and the server holds both in Pending until then, so the two runs really meet.
+    started = time.monotonic()
+    deployment = deployments["precompute-features/gpu"]["id"]
+    parameters = dict(shards=shards, store=store, lock_dir=str(tmp_path / "locks"), **options)
+    at = (datetime.now(timezone.utc) + timedelta(seconds=START_AHEAD_S)).isoformat()
+    with server.client() as api:
+        runs = [api.post(f"/deployments/{deployment}/create_flow_run",
+                         json={"parameters": parameters,
+                               "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": at}}})
+                .raise_for_status().json() for _ in range(2)]
+    # meanwhile, the same features by one run of the `featup` CLI into another store: what the two must add up to
+    single = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "precompute-features", "--shards", shards,
+         "--store", reference, "--lock-dir", str(tmp_path / "locks-reference"),
+         *[a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))]],
+        env=server.env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        done = server.wait_for_flow_runs([r["id"] for r in runs], timeout=420)
+        out, _ = single.communicate(timeout=300)
+    finally:
+        if single.poll() is None:
+            single.kill()
+            single.wait()
+    print(f"two runs on two workers: {time.monotonic() - started:.0f} s")
+    for run in done.values():
+        assert run["state_type"] == "COMPLETED", f"{run['state_name']}\n{server.logs_of(run['id'])}\n" \
+                                                 + server.debug_output()
+    assert single.returncode == 0, out
+
+    # each run was taken by its own worker, and both found every shard still to do: they met on the shards
+    hosts = sorted(run["labels"]["prefect.worker.name"] for run in done.values())
+    assert hosts == ["gpu-host-1", "gpu-host-2"], server.debug_output()
+    for run in runs:
+        pending = re.findall(r"(\d+) of (\d+) shards pending", server.logs_of(run["id"]))
+        assert pending == [(str(SHARDS), str(SHARDS))], f"the runs did not overlap: {pending}"
+
+    # every shard computed by exactly one of the runs
+    processed = [_processed_shards(server, r["id"]) for r in runs]
+    summaries = [_summary(server, r["id"]) for r in runs]
+    print("shards computed per run:", [sorted(p) for p in processed], "summaries:", summaries)
+    assert not processed[0] & processed[1], f"shards computed twice: {processed[0] & processed[1]}"
+    assert processed[0] | processed[1] == set(range(SHARDS))
+
+    # the store they wrote together is complete and holds what a single run writes
+    from featup.store import open_feature_store
+
+    together, alone = open_feature_store(summaries[0]["store"]), open_feature_store(_summary_url(out))
+    assert together.pending_shards() == [] and together.completed_shards() == list(range(SHARDS))
+    a, b = together.to_xarray(), alone.to_xarray()
+    assert list(a["sample"].values) == list(b["sample"].values) and a.sizes["sample"] == SHARDS * PER_SHARD
+    np.testing.assert_allclose(a["features"].values, b["features"].values, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a["lowres"].values, b["lowres"].values, rtol=1e-4, atol=1e-5)
+
+    # each run reports what it did itself: the shards the other run computed count as skipped
+    for summary, mine in zip(summaries, processed):
+        assert summary["shards"] == SHARDS
+        assert (summary["processed"], summary["skipped"]) == (len(mine), SHARDS - len(mine)), (summary, mine)
+    assert sum(s["written"] for s in summaries) == SHARDS * PER_SHARD
+    # and the work was shared: two workers finish sooner than one
+    assert processed[0] and processed[1], "one run computed every shard while the other waited on it"
+
+
+def _summary_url(cli_output: str) -> str:
+    """The store URL printed by `featup precompute-features` (its summary, as JSON)."""
+    found = re.search(r'"store": "([^"]+)"', cli_output)
+    assert found, cli_output
+    return found.group(1)

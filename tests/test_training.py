@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from featup.synthetic import SyntheticBackbone, synthetic_images
+from featup.training import fit_implicit, train_jbu, training_state_path
+from featup.upsamplers import JBUStack, create_upsampler, load_upsampler
+from featup.upsamplers.implicit import ImplicitUpsampler
+
+SIZE, STRIDE, DIM = 32, 8, 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # These tensors are tiny: a second thread costs more in synchronisation than it saves, badly so on a busy machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def backbone() -> SyntheticBackbone:
+    return SyntheticBackbone(DIM, STRIDE, seed=0)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return synthetic_images(6, SIZE, seed=3)
+
+
+def small_jbu(backbone, images, steps, **kwargs):
+    torch.manual_seed(123)  # the upsampler's init is the caller's; train_jbu seeds everything after it
+    upsampler = create_upsampler("jbu", dim=DIM, num_layers=2)
+    options = dict(upsampler=upsampler, batch_size=2, num_jitters=2, image_size=SIZE, max_pad=3, progress=False)
+    return train_jbu(backbone, images, steps, **{**options, **kwargs})
+
+
+def test_train_jbu_returns_a_trained_stack_and_a_loss_log(backbone, images):
+    records = []
+    model, history = small_jbu(backbone, images, 3, log=records.append)
+    assert isinstance(model, JBUStack) and not model.training
+    assert [r["step"] for r in history] == [1, 2, 3] and records == history
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
+    with torch.no_grad():
+        out = model(backbone(backbone.normalize(images[:1])), images[:1])
+    assert out.shape == (1, DIM, SIZE, SIZE)
+
+
+def test_train_jbu_is_seeded(backbone, images):
+    first, history_a = small_jbu(backbone, images, 2, seed=7)
+    second, history_b = small_jbu(backbone, images, 2, seed=7)
+    assert history_a == history_b
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    _, history_c = small_jbu(backbone, images, 2, seed=8)
+    assert history_c != history_a
+
+
+def test_resumed_training_matches_an_uninterrupted_run(backbone, images, tmp_path):
+    straight, history = small_jbu(backbone, images, 4)
+    path = tmp_path / "jbu.pt"
+    small_jbu(backbone, images, 2, checkpoint=path, checkpoint_every=1)
+    state = torch.load(training_state_path(path), weights_only=True)
+    assert state["metadata"]["step"] == 2
+    resumed, resumed_history = small_jbu(backbone, images, 4, checkpoint=path, resume=True)
+    assert resumed_history == history
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    loaded = load_upsampler("jbu", checkpoint=path, backbone="synthetic")
+    for a, b in zip(loaded.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_resume_refuses_other_settings(backbone, images, tmp_path):
+    path = tmp_path / "jbu.pt"
+    small_jbu(backbone, images, 1, checkpoint=path)
+    with pytest.raises(ValueError, match="lr"):
+        small_jbu(backbone, images, 2, checkpoint=path, resume=True, lr=5e-3)
+
+
+def test_simple_downsampler_and_image_sequences_of_any_size(backbone):
+    images = [torch.rand(3, 40, 50), torch.rand(3, 33, 32)]
+    model, history = small_jbu(backbone, images, 1, downsampler="simple")
+    assert len(history) == 1 and isinstance(model, JBUStack)
+
+
+def test_bad_arguments_raise_with_a_fix(backbone, images):
+    with pytest.raises(ValueError, match="multiple of the backbone's stride"):
+        train_jbu(backbone, images, 1, image_size=30, progress=False)
+    with pytest.raises(ValueError, match="unknown downsampler"):
+        train_jbu(backbone, images, 1, image_size=SIZE, downsampler="max", progress=False)
+    with pytest.raises(ValueError, match="resume=True needs checkpoint"):
+        train_jbu(backbone, images, 1, image_size=SIZE, resume=True, progress=False)
+    with pytest.raises(ValueError, match="float"):
+        train_jbu(backbone, [torch.zeros(3, 32, 32, dtype=torch.uint8)], 1, image_size=SIZE, progress=False)
+    with pytest.raises(TypeError, match="normalize"):
+        train_jbu(torch.nn.Identity(), images, 1, progress=False)
+    with pytest.raises(ValueError, match="divisible"):
+        fit_implicit(torch.rand(3, 30, 32), backbone, steps=1, progress=False)
+
+
+def test_fit_implicit_lowers_its_loss_and_is_seeded(backbone, images):
+    logs: list[dict] = []
+    kwargs = dict(steps=30, views=16, views_per_step=4, max_pad=3, progress=False)
+    model = fit_implicit(images[0], backbone, log=logs.append, **kwargs)
+    assert isinstance(model, ImplicitUpsampler) and not model.training
+    assert len(logs) == 30
+    assert sum(r["reconstruction"] for r in logs[-5:]) < sum(r["reconstruction"] for r in logs[:5])
+    again = fit_implicit(images[0], backbone, **kwargs)
+    with torch.no_grad():
+        torch.testing.assert_close(model.render(), again.render())
+        assert model(None, images[:1], output_size=(48, 40)).shape == (1, DIM, 48, 40)
+
+
+def test_fit_implicit_with_random_projections(backbone, images):
+    model = fit_implicit(images[1], backbone, steps=2, views=4, views_per_step=2, projection_dim=3, max_pad=3,
+                         progress=False)
+    assert model.proj_dim == DIM
