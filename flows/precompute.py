@@ -105,7 +105,7 @@ def precompute_features(
                    num_workers=num_workers, storage_secret=storage_secret, store_version=created["version"])
     runner = _task_runner(concurrency, dask_address, dask_workers)
     reports = _run_shards.with_options(task_runner=runner)(created["url"], pending, options, str(progress),
-                                                         total, lock_dir)
+                                                         total, lock_dir, max(1, concurrency, dask_workers))
     bad = [dict(shard=r["shard"], **b) for r in reports for b in r["bad"]]
     written = sum(r["written"] for r in reports if not r["skipped"])
     create_table_artifact(key="precompute-bad-samples", table=bad or [{"shard": "-", "key": "-", "reason": "none"}],
@@ -119,13 +119,32 @@ def precompute_features(
 
 @flow(name="precompute-shards")
 def _run_shards(store_url: str, pending: list[int], options: dict[str, Any], progress_id: str, total: int,
-                lock_dir: str) -> list[dict[str, Any]]:
-    """Submit one task per pending shard (on this subflow's task runner); update progress as they finish."""
-    shard_task = process_shard.with_options(cache_policy=_shard_policy(lock_dir), persist_result=True)
-    futures = [shard_task.submit(store_url, shard, **options) for shard in pending]
+                lock_dir: str, concurrency: int = 1) -> list[dict[str, Any]]:
+    """Run one task per pending shard (on this subflow's task runner); update progress as they finish.
+
+    At most ``concurrency`` shards are in flight, and the next one taken is one no other run holds,
+    so runs started together split the shards instead of queueing behind each other.
+    """
+    policy = _shard_policy(lock_dir)
+    shard_task = process_shard.with_options(cache_policy=policy, persist_result=True)
+    todo, running, reports = list(pending), {}, []
     done = total - len(pending)
-    reports = []
-    for future in as_completed(futures):
+
+    def take() -> int:
+        for shard in todo:
+            key = _shard_key(None, {"store_url": store_url, "store_version": options["store_version"],
+                                    "shard": shard})
+            if not policy.lock_manager.is_locked(key):
+                todo.remove(shard)
+                return shard
+        return todo.pop(0)  # all held elsewhere: wait for one, then reuse its report
+
+    while todo or running:
+        while todo and len(running) < max(1, concurrency):
+            shard = take()
+            running[shard_task.submit(store_url, shard, **options)] = shard
+        future = next(as_completed(list(running)))
+        del running[future]
         report = dict(future.result())
         # A cached state is another run's report for this shard: this run did not process it.
         report["skipped"] = report["skipped"] or future.state.name == "Cached"

@@ -1,10 +1,11 @@
 """A real Prefect server for the deployment tests: `prefect server start`, work pools, workers, the REST API.
 
-One server per test session (starting it takes 20-60 s on a loaded 2-core machine). Everything runs
-as separate processes, each in its own process group so that stopping it also stops what it started
-(a worker's flow-run processes); a Prefect worker ignores the first SIGTERM, so a group gets SIGTERM
-twice and then SIGKILL. The test process itself never imports Prefect's settings machinery: it talks
-to the server over HTTP, as the UI does.
+One server per test session (starting it takes 20-60 s on a loaded 2-core machine), with its own
+PREFECT_HOME and a free loopback port. Server and workers run as separate processes, each in its own
+process group; a worker started in the background ignores the first SIGTERM, so a group gets SIGTERM
+twice and then SIGKILL, and flow-run processes still running after their worker stopped (a worker starts
+each in a session of its own) are killed by PID. The test process never changes its own Prefect
+settings: it talks to the server over HTTP, as the UI does.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Proc:
                 self.popen.wait(timeout=wait_s)
             except subprocess.TimeoutExpired:
                 continue
-            # the leader is gone; make sure no flow-run process of the group outlives it
+            # the leader is gone; nothing else of its group may outlive it
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
@@ -150,9 +151,28 @@ class PrefectServer:
                              + "\n".join(w.output() for w in self.workers if w.name in names))
 
     def stop_workers(self) -> None:
+        """Stop the workers, then any flow-run process of this server still running (a worker starts each
+        in its own session, so stopping the worker's group does not reach them)."""
         for worker in self.workers:
             worker.stop()
         self.workers.clear()
+        try:
+            with self.client() as api:
+                runs = api.post("/flow_runs/filter", json={"flow_runs": {"state": {"type": {"not_any_": sorted(
+                    TERMINAL_STATES)}}}}).json()
+        except httpx.HTTPError:
+            return
+        ours = f"PREFECT_API_URL={self.url}".encode()
+        for run in runs:
+            pid = str(run.get("infrastructure_pid") or "").rsplit(":", 1)[-1]
+            if not pid.isdigit():
+                continue
+            try:  # only a process started for this server: its environment names this API
+                if ours not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    continue
+                os.killpg(int(pid), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
 
     def wait_for_flow_runs(self, flow_run_ids: Sequence[str], timeout: float) -> dict[str, dict[str, Any]]:
         """Poll until every flow run is in a terminal state; returns the runs by id."""
