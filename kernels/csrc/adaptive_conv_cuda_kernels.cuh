@@ -79,10 +79,9 @@ __device__ void stage(acc_t (&tile)[CC][SR][SC], const scalar_t* __restrict__ sr
 // Both are dst[y][x] = sum_{a,c} w[a][c] * src_tile[y+a][x+c] with per-pixel weights w: the filters for the
 // forward, and for the input gradient w[a][c] = K[y-i, x-j, i, j] with (i, j) = (D-1-a, D-1-c).
 template <typename scalar_t, int D, bool InputGrad>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) stencil_kernel(const scalar_t* __restrict__ src,
-                                                           const scalar_t* __restrict__ filters,
-                                                           scalar_t* __restrict__ dst, int C, int H, int W,
-                                                           int tiles_x, int tiles, int groups, int group_channels) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    stencil_kernel(const scalar_t* __restrict__ src, const scalar_t* __restrict__ filters, scalar_t* __restrict__ dst,
+                   int C, int H, int W, int tiles_x, int tiles, int groups, int group_channels) {
   using acc_t = at::opmath_type<scalar_t>;
   using G = Geometry<acc_t, D>;
   constexpr int R = G::R, P = D * D;
@@ -152,11 +151,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) stencil_kernel(cons
 // dK[b,y,x,a,c] = sum over the group's channels of grad[b,ch,y,x] * x_padded[b,ch,y+a,x+c], written to
 // dst + group * B*H*W*D*D (dst_t is the accumulation type when there are several groups to sum).
 template <typename scalar_t, typename dst_t, int D>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) filter_grad_kernel(const scalar_t* __restrict__ grad,
-                                                               const scalar_t* __restrict__ src,
-                                                               dst_t* __restrict__ dst, int B, int C, int H, int W,
-                                                               int tiles_x, int tiles, int groups,
-                                                               int group_channels) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    filter_grad_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ src, dst_t* __restrict__ dst,
+                       int B, int C, int H, int W, int tiles_x, int tiles, int groups, int group_channels) {
   using acc_t = at::opmath_type<scalar_t>;
   using G = Geometry<acc_t, D>;
   constexpr int R = G::R, P = D * D;

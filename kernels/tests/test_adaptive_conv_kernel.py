@@ -274,7 +274,7 @@ def emulated_cuda():
         name="featup_cuda_emulation",
         sources=[str(emulation / "emulated_ops.cpp"), str(KERNELS / "csrc" / "adaptive_conv_checks.cpp")],
         extra_include_paths=[str(KERNELS / "csrc"), str(emulation)],
-        extra_cflags=["-O1"],
+        extra_cflags=["-O1", "-std=c++20"],  # std::barrier; older torch builds default to C++17
     )
 
 
