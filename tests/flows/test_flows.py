@@ -97,16 +97,17 @@ def test_ingest_precompute_evaluate_train_on_s3(prefect_api, s3_secret, s3_serve
     assert {"featup-evaluation-report", "featup-evaluation-table", "featup-evaluation-html"} <= set(artifacts)
     assert "mIoU" in artifacts["featup-evaluation-report"].data
 
-    trained = train_jbu(shards=f"{bucket}/shards/photos", checkpoint=f"{bucket}/ckpt/jbu.pt", steps=2,
+    checkpoint = str(tmp_path / "ckpt" / "jbu.pt")
+    trained = train_jbu(shards=f"{bucket}/shards/photos", checkpoint=checkpoint, steps=2,
                         checkpoint_every=1, image_size=32, batch_size=2, num_jitters=1, max_images=4,
                         storage_secret=s3_secret)
     assert trained["steps"] == 2
-    resumed = train_jbu(shards=f"{bucket}/shards/photos", checkpoint=f"{bucket}/ckpt/jbu.pt", steps=3,
+    resumed = train_jbu(shards=f"{bucket}/shards/photos", checkpoint=checkpoint, steps=3,
                         checkpoint_every=1, image_size=32, batch_size=2, num_jitters=1, max_images=4,
                         storage_secret=s3_secret)
     from featup.checkpoints import load_checkpoint
 
-    _, metadata = load_checkpoint(f"{bucket}/ckpt/jbu.pt", storage_options=storage)
+    _, metadata = load_checkpoint(checkpoint)
     assert metadata["step"] == 3 and resumed["final"]["step"] == 3
 
 
