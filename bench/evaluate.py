@@ -164,7 +164,7 @@ def main() -> None:
         ImageNetInfo,  # after featup, whose import lets timm load next to a CPU torch
     )
 
-    imagenet = [ImageNetInfo().index_to_description(i) for i in range(1000)]
+    imagenet = [ImageNetInfo().index_to_description(i).split(",")[0] for i in range(1000)]
 
     probes = {"seg_train": seg_train, "seg_test": seg_test, "depth_train": depth_train, "depth_test": depth_test}
     tables = [("main", args.protocol, upsamplers, {**probes, "cam_images": cam_images})]

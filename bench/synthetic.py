@@ -10,9 +10,13 @@ NAdam 2e-3) against featup's default recipe, on the same images: quality and tim
 ``--timing BACKBONE``: seconds per JBU training step (batch 4 × 5 jitters) and per implicit fit at
 224 px for a real backbone (random weights unless real ones are available offline).
 
+``--ops``: forward + backward time of featup's attention downsampler against the published formulation
+(unfold every window with its channels) on the implicit fit's shapes, 224 px → 14×14, k 29, stride 15.
+
     python bench/synthetic.py
     python bench/synthetic.py --recipes --image-size 64 --stride 4
     python bench/synthetic.py --timing vit_s16 --timing-steps 3
+    python bench/synthetic.py --ops
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from featup.downsamplers import AttentionDownsampler, gaussian_blur
 from featup.synthetic import SyntheticBackbone, compare_on_synthetic, feature_metrics, synthetic_images
 from featup.training import fit_implicit, train_jbu
 
@@ -52,6 +57,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--recipes", action="store_true", help="compare implicit recipes instead")
     p.add_argument("--timing", metavar="BACKBONE", help="time training with this backbone at 224 px instead")
     p.add_argument("--timing-steps", type=int, default=3, help="JBU steps timed after one warm-up step")
+    p.add_argument("--ops", action="store_true", help="time the attention downsampler against the published one")
+    p.add_argument("--ops-views", type=int, default=4, help="views per call in --ops")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args()
@@ -166,12 +173,49 @@ def timing(args: argparse.Namespace) -> dict:
     return results
 
 
+def published_attention(d: AttentionDownsampler, hr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The published AttentionDownsampler's computation (no random mask): unfold windows with channels."""
+    b, c = hr.shape[:2]
+    k = d.kernel_size
+    x = gaussian_blur(hr)
+    patches = F.unfold(x, k, stride=d.stride).reshape(b, c, k * k, *size).permute(0, 3, 4, 2, 1)
+    logits = d.saliency(d.dropout(patches)).squeeze(-1)
+    attention = torch.softmax(logits * d.w.flatten() + d.b.flatten(), -1)
+    return torch.einsum("bhwpc,bhwp->bchw", patches, attention)
+
+
+def ops(args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    results = {}
+    rows = ["| channels × views | published (unfold) | featup | speed-up |", "|---|---|---|---|"]
+    for channels in (129, 31):
+        d = AttentionDownsampler(channels, 29, 15)
+        hr = torch.randn(args.ops_views, channels, 224, 224, requires_grad=True)
+        seconds = {}
+        for name, fn in (("published", lambda: published_attention(d, hr, (14, 14))),
+                         ("featup", lambda: d(hr, (14, 14)))):
+            fn().square().mean().backward()  # warm-up
+            start = time.perf_counter()
+            fn().square().mean().backward()
+            seconds[name] = time.perf_counter() - start
+        results[channels] = seconds
+        rows.append(f"| {channels} × {args.ops_views} | {seconds['published']:.2f} s | {seconds['featup']:.2f} s | "
+                    f"{seconds['published'] / seconds['featup']:.1f}× |")
+    print("\n".join(rows))
+    return results
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}\n")
-    results = timing(args) if args.timing else recipes(args) if args.recipes else proof(args)
+    if args.ops:
+        results = ops(args)
+    elif args.timing:
+        results = timing(args)
+    else:
+        results = recipes(args) if args.recipes else proof(args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "machine": machine(), "results": results}, f, indent=2)

@@ -36,12 +36,13 @@ def _blur(x: torch.Tensor, kernel_size: int = 5, sigma: float = 1.0, extra_rows:
     return F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
 
 
-def _fit_span(x: torch.Tensor, output_size: tuple[int, int], kernel_size: int, stride: int) -> torch.Tensor:
-    """Resample x so that an (h, w) grid of kernel_size windows at this stride tiles it exactly."""
+def _fit_span(x: torch.Tensor, output_size: tuple[int, int], kernel_size: int, stride: int,
+              padding: int = 0) -> torch.Tensor:
+    """Resample x so that an (h, w) grid of kernel_size windows at this stride tiles it (padded) exactly."""
     h, w = output_size
     if h < 1 or w < 1:
         raise ValueError(f"got output_size {output_size}; expected a positive (height, width)")
-    span = (stride * (h - 1) + kernel_size, stride * (w - 1) + kernel_size)
+    span = (stride * (h - 1) + kernel_size - 2 * padding, stride * (w - 1) + kernel_size - 2 * padding)
     if tuple(x.shape[-2:]) == span:
         return x
     return F.interpolate(x, size=span, mode="bilinear", align_corners=False)
@@ -86,18 +87,23 @@ class AttentionDownsampler(nn.Module):
     blurred features. The windows are never unfolded with their channels: the weighted sum runs over
     stride×stride blocks, so memory stays at the size of the feature map even for overlapping windows.
 
+    With ``padding`` the (blurred) features are reflect-padded first, so windows wider than the stride
+    can be centred on the backbone's patches: kernel ``stride + 2·padding`` at the patch stride.
+
     Blur, resampling and jitter are linear and per channel, so the saliency logits can be taken before
     them: ``forward(values, size, saliency=s)`` pools any linear image of the features (a random
     projection of them, say) with the attention the full features would have had.
     """
 
-    def __init__(self, dim: int, kernel_size: int, stride: int, dropout: float = 0.2):
+    def __init__(self, dim: int, kernel_size: int, stride: int, dropout: float = 0.2, padding: int = 0):
         super().__init__()
-        if kernel_size < 1 or stride < 1:
-            raise ValueError(f"got kernel_size={kernel_size}, stride={stride}; both must be >= 1")
+        if kernel_size < 1 or stride < 1 or not 0 <= 2 * padding < kernel_size:
+            raise ValueError(f"got kernel_size={kernel_size}, stride={stride}, padding={padding}; expected "
+                             "kernel_size, stride >= 1 and 0 <= padding < kernel_size / 2")
         self.dim = dim
         self.kernel_size = kernel_size
         self.stride = stride
+        self.padding = padding
         self.dropout = nn.Dropout(dropout)
         self.saliency = nn.Linear(dim, 1)
         self.w = nn.Parameter(torch.ones(kernel_size, kernel_size) + 0.01 * torch.randn(kernel_size, kernel_size))
@@ -131,15 +137,19 @@ class AttentionDownsampler(nn.Module):
         elif saliency.shape != (features.shape[0], 1, *features.shape[-2:]):
             raise ValueError(f"saliency must be B×1×H×W = {(features.shape[0], 1, *features.shape[-2:])}, "
                              f"got {tuple(saliency.shape)}")
-        k, s = self.kernel_size, self.stride
-        features = _fit_span(features, output_size, k, s)
-        saliency = gaussian_blur(_fit_span(saliency.to(features.dtype), output_size, k, s))
+        k, s, pad = self.kernel_size, self.stride, self.padding
+        features = _fit_span(features, output_size, k, s, pad)
+        saliency = gaussian_blur(_fit_span(saliency.to(features.dtype), output_size, k, s, pad))
         # The block-wise window sum wants whole stride×stride blocks; the blur's padding supplies the few
         # extra rows and columns (their weights are zero) instead of a separate copy of the features.
         m = math.ceil(k / s)
-        extra_rows = (output_size[0] + m - 1) * s - features.shape[-2]
-        extra_cols = (output_size[1] + m - 1) * s - features.shape[-1]
-        values = _blur(features, extra_rows=extra_rows, extra_cols=extra_cols)
+        extra_rows = (output_size[0] + m - 1) * s - features.shape[-2] - 2 * pad
+        extra_cols = (output_size[1] + m - 1) * s - features.shape[-1] - 2 * pad
+        if pad:
+            values = F.pad(gaussian_blur(features), [pad, pad + extra_cols, pad, pad + extra_rows], mode="reflect")
+            saliency = F.pad(saliency, [pad] * 4, mode="reflect")
+        else:
+            values = _blur(features, extra_rows=extra_rows, extra_cols=extra_cols)
         return _window_sum(values, self.attention(saliency, output_size), s)
 
 

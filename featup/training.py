@@ -7,12 +7,14 @@ view's features with the uncertainty-weighted Gaussian likelihood (``featup.loss
 Speed, without changing the objective:
 
 - every linear step after the upsampler (projection, jitter, blur, attention pooling) commutes with
-  the others, so the features are projected (random per view in JBU training) BEFORE jittering and
-  pooling, and the attention downsampler's saliency logits ride along as one extra channel;
+  the others, so features are projected to the loss's random 30-d subspaces BEFORE jittering and
+  pooling, and the attention downsampler's saliency logits (computed once from the full features)
+  are jittered alongside: a 384-channel backbone's views cost what 31 channels cost;
 - all views of a step go through the backbone, the jitter (one ``grid_sample``) and the downsampler
   as one batch, and the upsampler runs once per step rather than once per view;
-- implicit fitting featurises a pool of jittered views once, then draws batches of them, and on a GPU
-  runs under bfloat16 autocast.
+- implicit fitting featurises a pool of jittered views once and draws batches from it; its default
+  recipe takes fewer steps at a higher learning rate with a cosine decay (docs/benchmarks.md has the
+  comparison with the published one); on a GPU both loops run under bfloat16 autocast.
 
 Every random draw comes from ``seed``: a step's draws (batch, jitters, projections, dropout) depend only
 on ``(seed, step)``, so a resumed run continues exactly as an uninterrupted one would.
@@ -20,6 +22,7 @@ on ``(seed, step)``, so a resumed run continues exactly as an uninterrupted one 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -158,6 +161,7 @@ def train_jbu(
     max_zoom: float = 2.0,
     projection_dim: int = 30,
     warmup_clip_steps: int = 10,
+    lr_decay: bool = False,
     seed: int = 0,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
@@ -170,10 +174,12 @@ def train_jbu(
     ``images`` is an N×3×H×W tensor or a sequence of 3×H×W tensors in 0..1 (resized and centre-cropped
     to ``image_size``). Defaults are the published recipe: NAdam 1e-3, batch 4, 5 jitters per image
     (pad 20, zoom ≤ 2), attention downsampler with windows = the backbone's patches, 30-d random
-    projections, gradient-norm clip 1e-4 for the first 10 steps. With ``checkpoint`` the upsampler is
-    written there every ``checkpoint_every`` steps and at the end (load it with
-    ``featup.upsamplers.load_upsampler("jbu", checkpoint=...)``), and the state to resume from beside it
-    (``training_state_path``); ``resume=True`` continues from that state when it exists.
+    projections, gradient-norm clip 1e-4 for the first 10 steps, constant learning rate (``lr_decay``
+    anneals it to zero over ``steps`` on a cosine, which lets short runs end in a settled state).
+
+    With ``checkpoint`` the upsampler is written there every ``checkpoint_every`` steps and at the end
+    (load it with ``featup.upsamplers.load_upsampler("jbu", checkpoint=...)``), and the state to resume
+    from beside it (``training_state_path``); ``resume=True`` continues from that state when it exists.
     """
     _check_backbone(backbone)
     count = len(images)
@@ -191,7 +197,9 @@ def train_jbu(
     backbone.eval()
     config = {"backbone": backbone.name, "image_size": image_size, "batch_size": batch_size,
               "num_jitters": num_jitters, "lr": lr, "downsampler": downsampler, "max_pad": max_pad,
-              "max_zoom": max_zoom, "projection_dim": projection_dim, "seed": seed}
+              "max_zoom": max_zoom, "projection_dim": projection_dim, "seed": seed, "lr_decay": lr_decay}
+    if lr_decay:
+        config["steps"] = steps  # the schedule depends on the run's length
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -210,6 +218,8 @@ def train_jbu(
         bar = tqdm(total=steps, initial=start, desc=f"JBU on {backbone.name}", disable=not progress)
         for step in range(start, steps):
             parts.train()
+            for group in optimizer.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps)) if lr_decay else lr
             torch.manual_seed(_step_seed(seed, step))
             g = torch.Generator().manual_seed(_step_seed(seed, step))
             indices = _batch_indices(count, batch_size, step, seed)
@@ -231,14 +241,16 @@ def train_jbu(
                     saliency = parts["downsampler"].saliency_logits(hr).repeat_interleave(num_jitters, 0)
                 pooled = _pool_views(parts["downsampler"], values, saliency, jitters, grid)
             scale = parts["scale"](targets)
-            loss = gaussian_nll(pooled.float(), project(targets, projection), scale)
+            goal = project(targets, projection)
+            loss = gaussian_nll(pooled.float(), goal, scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if step < warmup_clip_steps:
                 torch.nn.utils.clip_grad_norm_(parts.parameters(), 1e-4)
             optimizer.step()
 
-            record = {"step": step + 1, "loss": loss.item(), "scale": scale.mean().item()}
+            mse = (pooled.detach().float() - goal).square().mean()
+            record = {"step": step + 1, "loss": loss.item(), "mse": mse.item(), "scale": scale.mean().item()}
             history.append(record)
             if log is not None:
                 log(record)
@@ -302,6 +314,7 @@ def fit_implicit(
     tv_weight: float = 0.05,
     blur_pin_weight: float = 0.1,
     lr_decay: bool = True,
+    windows: str = "published",
     featurize_batch: int = 64,
     seed: int = 0,
     progress: bool = True,
@@ -345,8 +358,7 @@ def fit_implicit(
         model.set_pca(mean, components)
         targets = model.to_pca(targets)
 
-        kernel, window_stride = max(2 * stride - 3, 1), max(stride - 1, 1)
-        downsampler = AttentionDownsampler(model.proj_dim + 1, kernel, window_stride).to(device)
+        downsampler = _implicit_downsampler(windows, model.proj_dim + 1, stride).to(device)
         scale_net = UncertaintyScale(model.proj_dim).to(device)
         params = [*model.parameters(), *downsampler.parameters(), *scale_net.parameters()]
         optimizer = torch.optim.NAdam(params, lr=lr)
@@ -385,9 +397,22 @@ def fit_implicit(
             if schedule is not None:
                 schedule.step()
             if log is not None:
-                log({"step": step + 1, "loss": loss.item(), "reconstruction": reconstruction.item()})
+                mse = (pooled[:, 1:].detach() - goal).square().mean()
+                log({"step": step + 1, "loss": loss.item(), "reconstruction": reconstruction.item(),
+                     "mse": mse.item(), "scale": scale.mean().item()})
     model.upsampler_cfg = {"upsampler": "implicit", "dim": backbone.dim, "backbone": backbone.name}
     return model.eval()
+
+
+def _implicit_downsampler(windows: str, dim: int, stride: int) -> AttentionDownsampler:
+    """Overlapping attention windows about two patches wide: the published layout, or one centred on the patches."""
+    if windows == "published":
+        # 29 px at stride 15 for patch 16: tiles 224 px exactly, window centres drift up to 6.5 px off the patches'.
+        return AttentionDownsampler(dim, max(2 * stride - 3, 1), max(stride - 1, 1))
+    if windows == "centred":
+        padding = max(stride // 2 - 1, 0)
+        return AttentionDownsampler(dim, stride + 2 * padding, stride, padding=padding)
+    raise ValueError(f"unknown windows {windows!r}; choose 'published' or 'centred'")
 
 
 def _featurize_views(backbone: nn.Module, image: torch.Tensor, jitters: list[Jitter], batch: int,

@@ -5,11 +5,12 @@ import torch.nn.functional as F
 from featup.downsamplers import AttentionDownsampler, SimpleDownsampler, gaussian_blur
 
 
-def reference_attention(d: AttentionDownsampler, hr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def reference_attention(d: AttentionDownsampler, hr: torch.Tensor, size: tuple[int, int],
+                        blurred: bool = False) -> torch.Tensor:
     """The published formulation: unfold blurred windows with their channels, attend, sum."""
     b, c = hr.shape[:2]
     k = d.kernel_size
-    x = gaussian_blur(hr)
+    x = hr if blurred else gaussian_blur(hr)
     patches = F.unfold(x, k, stride=d.stride).reshape(b, c, k * k, *size).permute(0, 3, 4, 2, 1)
     logits = d.saliency(patches).squeeze(-1)
     attention = torch.softmax(logits * d.w.flatten() + d.b.flatten(), -1)
@@ -88,3 +89,25 @@ def test_bad_arguments_raise():
         SimpleDownsampler(3, 3)(torch.randn(1, 5, 9, 9), (0, 3))
     with pytest.raises(ValueError, match="kernel_size"):
         SimpleDownsampler(0, 3)
+    with pytest.raises(ValueError, match="padding"):
+        AttentionDownsampler(4, 6, 4, padding=3)
+
+
+def test_bfloat16_features_pool_close_to_float32():
+    torch.manual_seed(0)
+    d = AttentionDownsampler(6, 7, 3).eval()
+    x = torch.randn(2, 6, 25, 25)
+    reference = d(x, (7, 7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = d(x, (7, 7))
+    assert mixed.dtype == torch.bfloat16
+    torch.testing.assert_close(mixed.float(), reference, atol=0.02, rtol=0)
+
+
+def test_padded_windows_match_unfolding_the_padded_blurred_map():
+    torch.manual_seed(2)
+    d = AttentionDownsampler(3, 8, 4, padding=2).double().eval()
+    hr = torch.randn(1, 3, 16, 12, dtype=torch.float64)
+    padded = F.pad(gaussian_blur(hr), [2] * 4, mode="reflect")  # windows of 8 centred on 4×4 patches
+    torch.testing.assert_close(d(hr, (4, 3)), reference_attention(d, padded, (4, 3), blurred=True),
+                               atol=1e-12, rtol=0)

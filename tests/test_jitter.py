@@ -79,3 +79,12 @@ def test_bad_inputs_raise_with_a_reason():
         apply_jitter(torch.randn(1, 1, 10, 10), Jitter(pad=2, zoom=1.0, top=9, left=0, flip=False))
     with pytest.raises(ValueError, match="jitters for a batch"):
         apply_jitter(torch.randn(2, 1, 10, 10), [Jitter(2, 1.0, 0, 0, False)] * 3)
+
+
+def test_half_precision_inputs_sample_at_float32_coordinates():
+    x = torch.randn(1, 2, 224, 224)
+    j = Jitter(pad=20, zoom=1.9, top=200, left=190, flip=True)
+    out = apply_jitter(x.bfloat16(), j)
+    assert out.dtype == torch.bfloat16
+    # Only the values' own rounding (2⁻⁸ relative) remains: a misplaced sample would be off by O(1).
+    torch.testing.assert_close(out.float(), apply_jitter(x, j), atol=0.05, rtol=0.01)

@@ -57,8 +57,8 @@ class ImplicitUpsampler(nn.Module):
         self.register_buffer("pca_components", torch.eye(self.proj_dim, dim))
         # Learned phases of the sin and cos features, one per (frequency, input channel).
         self.phases = nn.Parameter(torch.randn(2, n_freqs, 5))
-        # The published 1×1-conv MLP, run channels-last: Linear layers are plain GEMMs (several times faster
-        # than 1×1 convolutions on CPU), LayerNorm is the channel norm, ChannelDropout is Dropout2d.
+        # The published 1×1-conv MLP run channels-last, so its layers are plain matrix products:
+        # LayerNorm is the channel norm, ChannelDropout is Dropout2d.
         self.net = nn.Sequential(
             nn.LayerNorm(in_dim),
             ChannelDropout(dropout),
