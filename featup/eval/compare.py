@@ -1,7 +1,7 @@
 """Compare upsamplers on the same backbone features and splits: CAM faithfulness, segmentation and depth probes.
 
-The rows mirror Table 1 of the FeatUp paper (A.D., A.I., mIoU, accuracy, RMSE, δ>1.25 there; δ<1.25
-here). Low-res features are computed once per image and shared by every upsampler.
+The rows mirror Table 1 of the FeatUp paper: A.D., A.I., mIoU, accuracy, RMSE and δ<1.25. Low-res
+features are computed once per image and shared by every upsampler.
 """
 
 from __future__ import annotations
