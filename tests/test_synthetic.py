@@ -59,7 +59,7 @@ def test_jbu_and_implicit_recover_detail_bilinear_cannot():
     results = compare_on_synthetic(
         image_size=32, stride=4, dim=8, train_images=32, test_images=8, jbu_steps=80, jbu_layers=2,
         jbu_options=dict(lr=1e-2, lr_decay=True, batch_size=4, num_jitters=3, max_pad=3),
-        implicit_images=2, implicit_options=dict(steps=80, views=64, lr=1e-2, max_pad=4), progress=False,
+        implicit_images=2, implicit_options=dict(steps=80, views=64, max_pad=4), progress=False,
     )
     for name, baseline in (("jbu", "bilinear"), ("implicit", "bilinear@implicit")):
         assert results[name]["psnr"] > results[baseline]["psnr"] + 1.0, results
