@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -166,6 +166,7 @@ def train_jbu(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
     resume: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
     progress: bool = True,
     log: LogFn | None = None,
 ) -> tuple[nn.Module, list[dict[str, float]]]:
@@ -195,7 +196,7 @@ def train_jbu(
     device = _device_of(backbone)
     grid = (image_size // stride, image_size // stride)
     backbone.eval()
-    config = {"backbone": backbone.name, "image_size": image_size, "batch_size": batch_size,
+    config = {"backbone": getattr(backbone, "id", backbone.name), "image_size": image_size, "batch_size": batch_size,
               "num_jitters": num_jitters, "lr": lr, "downsampler": downsampler, "max_pad": max_pad,
               "max_zoom": max_zoom, "projection_dim": projection_dim, "seed": seed, "lr_decay": lr_decay}
     if lr_decay:
@@ -213,7 +214,7 @@ def train_jbu(
         optimizer = torch.optim.NAdam(parts.parameters(), lr=lr)
         start, history = 0, []
         if resume and checkpoint is not None:
-            start, history = _resume(checkpoint, config, parts, optimizer)
+            start, history = _resume(checkpoint, config, parts, optimizer, storage_options)
 
         bar = tqdm(total=steps, initial=start, desc=f"JBU on {backbone.name}", disable=not progress)
         for step in range(start, steps):
@@ -232,8 +233,13 @@ def train_jbu(
             with torch.no_grad(), _autocast(device):
                 features = backbone(backbone.normalize(batch)).float()
                 targets = backbone(backbone.normalize(views)).float()
+                # The loss sees features in units of their RMS, so the uncertainty net and the saliency are
+                # as well conditioned for raw CNN activations (tens) as for layer-normed ViT tokens (~1). The
+                # upsampler itself still maps raw features to raw features.
+                unit = features.square().mean().sqrt().clamp_min(1e-6)
+                targets = targets / unit
             with _autocast(device):
-                hr = parts["upsampler"](features, batch)
+                hr = parts["upsampler"](features, batch) / unit
                 values = torch.einsum("bchw,bjcd->bjdhw", hr, projection.view(len(indices), num_jitters, dim, -1))
                 values = values.flatten(0, 1)
                 saliency = None
@@ -258,7 +264,7 @@ def train_jbu(
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             done = step + 1
             if checkpoint is not None and (done % checkpoint_every == 0 or done == steps):
-                _save_training(checkpoint, config, parts, optimizer, done, history)
+                _save_training(checkpoint, config, parts, optimizer, done, history, storage_options)
         bar.close()
     return parts["upsampler"].eval(), history
 
@@ -274,19 +280,22 @@ def _batch_indices(count: int, batch_size: int, step: int, seed: int) -> torch.T
 
 
 def _save_training(checkpoint: str | os.PathLike, config: dict, parts: nn.ModuleDict,
-                   optimizer: torch.optim.Optimizer, step: int, history: list[dict[str, float]]) -> None:
+                   optimizer: torch.optim.Optimizer, step: int, history: list[dict[str, float]],
+                   storage_options: Mapping[str, Any] | None) -> None:
     upsampler = parts["upsampler"]
-    save_checkpoint(checkpoint, upsampler, {"backbone": config["backbone"], "step": step, "training": config})
+    save_checkpoint(checkpoint, upsampler, {"backbone": config["backbone"], "step": step, "training": config},
+                    storage_options=storage_options)
     param_groups = [{k: v for k, v in group.items()} for group in optimizer.state_dict()["param_groups"]]
     save_checkpoint(training_state_path(checkpoint), _Tensors(_training_state(parts, optimizer)),
-                    {"step": step, "config": config, "history": history, "param_groups": param_groups})
+                    {"step": step, "config": config, "history": history, "param_groups": param_groups},
+                    storage_options=storage_options)
 
 
-def _resume(checkpoint: str | os.PathLike, config: dict, parts: nn.ModuleDict,
-            optimizer: torch.optim.Optimizer) -> tuple[int, list[dict[str, float]]]:
+def _resume(checkpoint: str | os.PathLike, config: dict, parts: nn.ModuleDict, optimizer: torch.optim.Optimizer,
+            storage_options: Mapping[str, Any] | None) -> tuple[int, list[dict[str, float]]]:
     path = training_state_path(checkpoint)
     try:
-        tensors, metadata = load_checkpoint(path)
+        tensors, metadata = load_checkpoint(path, storage_options=storage_options)
     except FileNotFoundError:
         return 0, []
     if metadata.get("config") != config:
@@ -365,6 +374,9 @@ def fit_implicit(
         targets = _featurize_views(backbone, source, jitters, featurize_batch, progress)
         mean, components = _pca(targets[:pca_views], model.proj_dim)
         model.set_pca(mean, components)
+        # Fit in units of the coefficients' RMS: raw CNN activations reach tens, which would leave the
+        # MLP's output layer and the uncertainty net far from their scale at initialisation.
+        model.set_pca(mean, components, model.to_pca(targets[:pca_views]).square().mean().sqrt().clamp_min(1e-6))
         targets = model.to_pca(targets)
 
         downsampler = _implicit_downsampler(windows, model.proj_dim + 1, stride).to(device)

@@ -34,6 +34,7 @@ def evaluate(
     probe_protocol: Literal["own", "lowres", "full"] = "own",
     probe_steps: int = 300,
     checkpoints: dict[str, str] | None = None,
+    stores: dict[str, str] | None = None,
     implicit_steps: int = 100,
     weights: str | None = None,
     random_weights: bool = False,
@@ -65,6 +66,8 @@ def evaluate(
             low-res features, applied to all), full (probe trained at full resolution).
         probe_steps: Optimisation steps of each linear probe.
         checkpoints: Upsampler name -> checkpoint path or URL (default: featup's shipped checkpoints).
+        stores: Upsampler name -> feature store URL written by precompute-features; that row scores the stored
+            features of each sample (looked up by key) instead of upsampling on the fly.
         implicit_steps: Fitting steps per image for the implicit upsampler.
         weights: Backbone weights path or URL.
         random_weights: Use random backbone weights (smoke runs only).
@@ -104,7 +107,8 @@ def evaluate(
                                   num_classes=num_classes, class_names=class_names, depth_train=depth_train,
                                   depth_test=depth_test, cam_images=cam, checkpoints=dict(checkpoints or {}),
                                   implicit_options={"steps": implicit_steps, "seed": seed}, settings=settings,
-                                  weights=weights, random_weights=random_weights)
+                                  weights=weights, random_weights=random_weights, stores=dict(stores or {}),
+                                  storage_secret=storage_secret)
     notes = f"backbone {backbone}" + (" (random weights)" if random_weights else "")
     written = render_report(comparison, report, title=title, notes=notes, storage_secret=storage_secret)
     publish_report(comparison, written, key="featup-evaluation", title=title)

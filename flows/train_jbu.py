@@ -22,6 +22,7 @@ def train_jbu(
     batch_size: int = 4,
     num_jitters: int = 5,
     lr: float = 1e-3,
+    lr_decay: bool = False,
     max_images: int | None = None,
     seed: int = 0,
     weights: str | None = None,
@@ -44,7 +45,8 @@ def train_jbu(
         image_size: Training image side in pixels.
         batch_size: Images per step.
         num_jitters: Jittered views of each image per step (the published recipe: 5).
-        lr: NAdam learning rate.
+        lr: NAdam learning rate (the peak one with lr_decay).
+        lr_decay: Anneal the learning rate to zero over the run on a cosine (lets short runs at a higher lr settle).
         max_images: Use at most this many images.
         seed: Seed of every random draw.
         weights: Backbone weights path or URL.
@@ -58,5 +60,5 @@ def train_jbu(
         raise ValueError(f"no readable images in {shards}")
     return train_jbu_task(images, backbone=backbone, tap=tap, steps=steps, checkpoint=checkpoint,
                           checkpoint_every=checkpoint_every, image_size=image_size, batch_size=batch_size,
-                          num_jitters=num_jitters, lr=lr,
-                          seed=seed, weights=weights, random_weights=random_weights, device=device)
+                          num_jitters=num_jitters, lr=lr, lr_decay=lr_decay, seed=seed, weights=weights,
+                          random_weights=random_weights, device=device, storage_secret=storage_secret)

@@ -9,18 +9,21 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from featup.backbones import MissingWeightsError
-from featup.eval import CompareSettings, compare_upsamplers, markdown_table, write_report
+from featup.eval import CompareSettings, StoredFeatures, compare_upsamplers, markdown_table, write_report
 from featup.pipeline import ImplicitPerImage
+from featup.store import open_feature_store
 from featup.upsamplers import load_upsampler
 from tasks import models
 from tasks.storage import io_retry, storage_options
 
 
-def upsampler_specs(names: list[str], checkpoints: dict[str, str], implicit_options: dict[str, Any]) -> dict:
+def upsampler_specs(names: list[str], checkpoints: dict[str, str], implicit_options: dict[str, Any],
+                    stores: dict[str, str] | None = None, storage: dict[str, Any] | None = None) -> dict:
     """Upsampler specs for `compare_upsamplers`: None for low-res, factories for the rest.
 
     A factory returns None where no trained weights exist for a backbone, which leaves that
-    upsampler's cells empty rather than scoring an untrained model.
+    upsampler's cells empty rather than scoring an untrained model. A name in ``stores`` reads its
+    features from that feature store (written by precompute-features) instead of upsampling.
     """
     def trained(name: str):
         def make(backbone):
@@ -31,8 +34,11 @@ def upsampler_specs(names: list[str], checkpoints: dict[str, str], implicit_opti
         return make
 
     specs: dict[str, Any] = {}
-    for name in names:
-        if name in ("lowres", "low-res"):
+    stores = dict(stores or {})
+    for name in [*names, *(n for n in stores if n not in names)]:
+        if name in stores:
+            specs[name] = StoredFeatures(open_feature_store(stores[name], storage_options=storage))
+        elif name in ("lowres", "low-res"):
             specs["low-res"] = None
         elif name == "implicit":
             specs["implicit"] = lambda backbone: ImplicitPerImage(backbone, **implicit_options)
@@ -46,11 +52,15 @@ def score_upsamplers(backbone: str, upsamplers: list[str], *, seg_train: list | 
                      num_classes: int | None, class_names: list[str] | None, depth_train: list | None,
                      depth_test: list | None, cam_images: list | None, checkpoints: dict[str, str],
                      implicit_options: dict[str, Any], settings: dict[str, Any], weights: str | None,
-                     random_weights: bool):
-    """Train the probes and compute the CAM metrics for every upsampler on the same features and splits."""
+                     random_weights: bool, stores: dict[str, str] | None = None, storage_secret: str | None = None):
+    """Train the probes and compute the CAM metrics for every upsampler on the same features and splits.
+
+    ``stores`` maps upsampler names to feature stores whose features are scored instead of computed.
+    """
     bb = models.backbone(backbone, None, weights, random_weights=random_weights)
     cam_bb = models.backbone(backbone, "stride32", weights, random_weights=random_weights) if cam_images else None
-    return compare_upsamplers(bb, upsampler_specs(upsamplers, checkpoints, implicit_options),
+    specs = upsampler_specs(upsamplers, checkpoints, implicit_options, stores, storage_options(storage_secret))
+    return compare_upsamplers(bb, specs,
                               seg_train=seg_train, seg_test=seg_test, num_classes=num_classes,
                               class_names=class_names, depth_train=depth_train, depth_test=depth_test,
                               cam_images=cam_images, cam_backbone=cam_bb, settings=CompareSettings(**settings),

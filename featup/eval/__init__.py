@@ -24,6 +24,7 @@ from featup.eval.seg_probe import (
     fit_seg_probe,
     predict_segmentation,
 )
+from featup.eval.stored import StoredFeatures
 
 __all__ = [
     "CamOutcome",
@@ -31,6 +32,7 @@ __all__ = [
     "Comparison",
     "Example",
     "LinearProbe",
+    "StoredFeatures",
     "align_scale_shift",
     "average_drop",
     "average_increase",

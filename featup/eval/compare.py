@@ -26,12 +26,14 @@ from featup.eval.seg_probe import (
     fit_seg_probe,
     predict_segmentation,
 )
+from featup.eval.stored import StoredFeatures
 
 __all__ = ["METRICS", "CompareSettings", "Comparison", "Example", "UpsamplerSpec", "compare_upsamplers"]
 
 # An upsampler to compare: None (the low-res features themselves), a module with
 # ``forward(features, image01, output_size)``, or a factory called with each backbone that returns an
-# `Upsample` (module or function) for it, or None where it cannot serve that backbone.
+# `Upsample` (module or function) for it, or None where it cannot serve that backbone. A `StoredFeatures`
+# is such a factory: it reads each sample's precomputed features from a feature store by key.
 UpsamplerSpec = nn.Module | Callable[[nn.Module], Upsample | None] | None
 
 # Row keys of the metrics, in table order: (key, header, higher is better).
@@ -99,6 +101,7 @@ class Comparison:
 class _Prepared:
     """A sample's resized image, its low-res features and its target at full resolution."""
 
+    key: str
     image: torch.Tensor  # 1×3×S×S in 0..1
     features: torch.Tensor  # 1×C×h×w
     target: torch.Tensor | None
@@ -118,7 +121,8 @@ def _prepare(samples: Iterable[dict], backbone: nn.Module, size: int, field_name
         full = image_tensor(sample["image"])
         image = image_tensor(full, size)
         shown = (full[0].permute(1, 2, 0) * 255).round().byte().numpy()
-        out.append(_Prepared(image, backbone_features(backbone, image), target, shown))
+        out.append(_Prepared(str(sample.get("__key__", len(out))), image, backbone_features(backbone, image),
+                             target, shown))
     if not out:
         raise ValueError(f"{what}: the dataset is empty")
     return out
@@ -136,6 +140,11 @@ def _resolve(spec: UpsamplerSpec, backbone: nn.Module) -> tuple[bool, Upsample |
     if isinstance(made, nn.Module):
         made.eval()
     return made is not None, made
+
+
+def _for_item(upsample: Upsample | StoredFeatures | None, item: _Prepared) -> Upsample | None:
+    """The upsample to call for one sample: stored features are looked up by the sample's key."""
+    return upsample.bound(item.key) if isinstance(upsample, StoredFeatures) else upsample
 
 
 class _Timer:
@@ -163,9 +172,8 @@ def _pairs(items: Sequence[_Prepared], name: str, upsample: Upsample | None, set
            timer: _Timer, keep: dict | None = None, full: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(features, target) per item, computed lazily so only one high-res map is alive at a time."""
     size = settings.output_size or settings.image_size
-    timed = timer.wrap(name, upsample)
     for i, item in enumerate(items):
-        feats = upsampled(item.features, item.image, timed, (size, size))
+        feats = upsampled(item.features, item.image, timer.wrap(name, _for_item(upsample, item)), (size, size))
         if full and tuple(feats.shape[-2:]) != tuple(item.target.shape[-2:]):
             feats = F.interpolate(feats, size=tuple(item.target.shape[-2:]), mode="bilinear", align_corners=False)
         if keep is not None and i == 0:
@@ -290,9 +298,9 @@ def compare_upsamplers(
             ok, upsample = _resolve(upsamplers[name], cam_net)
             if not ok:
                 continue
-            timed = timer.wrap(name, upsample)
             y, o = [], []
             for i, item in enumerate(items):
+                timed = timer.wrap(name, _for_item(upsample, item))
                 outcome = explain(cam_net, item.image, timed, features=item.features,
                                   output_size=(size, size), resize_mode=settings.resize_mode)
                 y.append(outcome.y)

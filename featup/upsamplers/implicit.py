@@ -55,6 +55,8 @@ class ImplicitUpsampler(nn.Module):
         self.register_buffer("color_max", torch.ones(3))
         self.register_buffer("pca_mean", torch.zeros(dim))
         self.register_buffer("pca_components", torch.eye(self.proj_dim, dim))
+        # PCA coefficients are kept in units of this scale so the MLP's outputs are ~1 whatever the backbone.
+        self.register_buffer("pca_scale", torch.ones(()))
         # Learned phases of the sin and cos features, one per (frequency, input channel).
         self.phases = nn.Parameter(torch.randn(2, n_freqs, 5))
         # The published 1×1-conv MLP run channels-last, so its layers are plain matrix products:
@@ -87,13 +89,14 @@ class ImplicitUpsampler(nn.Module):
         self.color_min.copy_(colors.min(1).values)
         self.color_max.copy_(colors.max(1).values)
 
-    def set_pca(self, mean: torch.Tensor, components: torch.Tensor) -> None:
-        """Set the feature PCA: mean (C,) and orthonormal rows components (proj_dim×C)."""
+    def set_pca(self, mean: torch.Tensor, components: torch.Tensor, scale: float | torch.Tensor = 1.0) -> None:
+        """Set the feature PCA: mean (C,), orthonormal rows components (proj_dim×C) and the coefficients' unit."""
         if mean.shape != self.pca_mean.shape or components.shape != self.pca_components.shape:
             raise ValueError(f"expected a PCA mean of shape {tuple(self.pca_mean.shape)} and components of shape "
                              f"{tuple(self.pca_components.shape)}, got {tuple(mean.shape)} and {tuple(components.shape)}")
         self.pca_mean.copy_(mean)
         self.pca_components.copy_(components)
+        self.pca_scale.fill_(float(scale))
 
     def fitted_image(self) -> torch.Tensor:
         """The stored image as 1×3×H×W floats in 0..1."""
@@ -102,11 +105,11 @@ class ImplicitUpsampler(nn.Module):
     def to_pca(self, features: torch.Tensor) -> torch.Tensor:
         """Project B×C×h×w backbone features into the model's PCA space (B×proj_dim×h×w)."""
         centred = features - self.pca_mean.to(features.dtype)[None, :, None, None]
-        return torch.einsum("bchw,pc->bphw", centred, self.pca_components.to(features.dtype))
+        return torch.einsum("bchw,pc->bphw", centred, self.pca_components.to(features.dtype)) / self.pca_scale
 
     def from_pca(self, reduced: torch.Tensor) -> torch.Tensor:
         """Map B×proj_dim×H×W PCA-space features back to B×C×H×W."""
-        out = torch.einsum("bphw,pc->bchw", reduced, self.pca_components.to(reduced.dtype))
+        out = torch.einsum("bphw,pc->bchw", reduced * self.pca_scale, self.pca_components.to(reduced.dtype))
         return out + self.pca_mean.to(reduced.dtype)[None, :, None, None]
 
     def fourier_features(self, image: torch.Tensor, ys: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,61 @@
+"""Scoring features read back from a feature store: the same numbers as upsampling on the fly, and clear errors."""
+
+import pytest
+import torch
+
+from featup.data.offline import fashion_mosaics
+from featup.data.reading import open_shards
+from featup.data.shards import write_shards
+from featup.eval import CompareSettings, StoredFeatures, compare_upsamplers
+from featup.eval.features import backbone_features, image_tensor
+from featup.pipeline import precompute_shard
+from featup.store import FeatureSpec, create_feature_store, open_feature_store
+from featup.upsamplers import load_upsampler
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def mosaics(tmp_path_factory, dense_backbone):
+    """Mosaic shards (two shards) and a float32 store of their bilinear features with only shard 0 complete."""
+    root = tmp_path_factory.mktemp("stored")
+    samples = list(fashion_mosaics(6, seed=0, split="test", size=SIZE, item_size=(20, 36), items_per_image=(2, 3)))
+    manifest = write_shards(samples, str(root / "shards"), max_count=3, image_format="png", progress=False)
+    spec = FeatureSpec(dataset="mosaics", backbone=dense_backbone.id, upsampler="bilinear",
+                       channels=dense_backbone.dim, size=(SIZE, SIZE), dtype="float32")
+    store = create_feature_store(str(root / "store"), spec, manifest)
+    precompute_shard(store, 0, dense_backbone, load_upsampler("bilinear"), image_size=(SIZE, SIZE), device="cpu")
+    read = list(open_shards(str(root / "shards"), size=SIZE))
+    return {"store": store.url, "done": read[:3], "pending": read[3:]}
+
+
+def settings():
+    return CompareSettings(image_size=SIZE, pixels_per_image=256, seg_steps=30, probe_protocol="own")
+
+
+def test_stored_features_score_like_upsampling_on_the_fly(dense_backbone, mosaics):
+    stored = StoredFeatures(open_feature_store(mosaics["store"]))
+    sample = mosaics["done"][0]
+    image = image_tensor(sample["image"], SIZE)
+    live = load_upsampler("bilinear")(backbone_features(dense_backbone, image), image, (SIZE, SIZE))
+    # The pipeline featurises in batches, which moves float32 results by ~1e-6 relative, no more.
+    torch.testing.assert_close(stored.read(sample["__key__"]), live, rtol=1e-4, atol=1e-4)
+
+    train, test = mosaics["done"][:2], mosaics["done"][2:]
+    result = compare_upsamplers(dense_backbone, {"bilinear": load_upsampler("bilinear"), "store": stored},
+                                seg_train=train, seg_test=test, num_classes=11, settings=settings(), progress=False)
+    on_the_fly, read_back = result.rows
+    assert read_back["seg_miou"] == pytest.approx(on_the_fly["seg_miou"], abs=0.01)
+    assert read_back["seg_acc"] == pytest.approx(on_the_fly["seg_acc"], abs=0.01)
+
+
+def test_a_store_serves_only_its_own_backbone(cam_backbone, mosaics):
+    stored = StoredFeatures(open_feature_store(mosaics["store"]))
+    assert stored(cam_backbone) is None  # the stride-32 head is another backbone id: its cells stay empty
+
+
+def test_a_sample_of_an_unfinished_shard_is_an_error_saying_how_to_finish(dense_backbone, mosaics):
+    stored = StoredFeatures(open_feature_store(mosaics["store"]))
+    with pytest.raises(KeyError, match="run precompute-features on the same shards again"):
+        compare_upsamplers(dense_backbone, {"store": stored}, seg_train=mosaics["done"], seg_test=mosaics["pending"],
+                           num_classes=11, settings=settings(), progress=False)
