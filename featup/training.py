@@ -46,7 +46,7 @@ from featup.losses import (
     random_projection,
     total_variation,
 )
-from featup.upsamplers import create_upsampler
+from featup.upsamplers import JBUStack, create_upsampler
 from featup.upsamplers.implicit import ImplicitUpsampler
 
 __all__ = ["fit_implicit", "training_state_path", "train_jbu"]
@@ -239,12 +239,7 @@ def train_jbu(
                 unit = features.square().mean().sqrt().clamp_min(1e-6)
                 targets = targets / unit
             with _autocast(device):
-                hr = parts["upsampler"](features, batch) / unit
-                values = torch.einsum("bchw,bjcd->bjdhw", hr, projection.view(len(indices), num_jitters, dim, -1))
-                values = values.flatten(0, 1)
-                saliency = None
-                if isinstance(parts["downsampler"], AttentionDownsampler):
-                    saliency = parts["downsampler"].saliency_logits(hr).repeat_interleave(num_jitters, 0)
+                values, saliency = _upsampled_views(parts, features, batch, projection, num_jitters, unit)
                 pooled = _pool_views(parts["downsampler"], values, saliency, jitters, grid)
             scale = parts["scale"](targets)
             goal = project(targets, projection)
@@ -267,6 +262,39 @@ def train_jbu(
                 _save_training(checkpoint, config, parts, optimizer, done, history, storage_options)
         bar.close()
     return parts["upsampler"].eval(), history
+
+
+def _upsampled_views(parts: nn.ModuleDict, features: torch.Tensor, image: torch.Tensor, projection: torch.Tensor,
+                     num_jitters: int, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each view's projected high-res features ((B·J)×D×H×W, in RMS units) and their saliency logits (or None).
+
+    A JBU stack with more channels than the views' projections need runs on the projections instead
+    (``JBUStack.forward_projected``, exact): the attention saliency's Linear(C→1) rides along as one more
+    column, its input dropout then masking whole channels per image instead of single values.
+    """
+    upsampler, downsampler = parts["upsampler"], parts["downsampler"]
+    b, dim = features.shape[:2]
+    per_view = projection.view(b, num_jitters, dim, -1)
+    d = per_view.shape[-1]
+    attention = isinstance(downsampler, AttentionDownsampler)
+    if not (isinstance(upsampler, JBUStack) and num_jitters * d + attention < dim):
+        hr = upsampler(features, image) / unit
+        values = torch.einsum("bchw,bjcd->bjdhw", hr, per_view).flatten(0, 1)
+        saliency = downsampler.saliency_logits(hr).repeat_interleave(num_jitters, 0) if attention else None
+        return values, saliency
+    columns = per_view.permute(0, 2, 1, 3).flatten(2)  # B×dim×(J·D), view-major like the views
+    if attention:
+        weight = downsampler.saliency.weight[0].expand(b, dim)
+        if downsampler.training and downsampler.dropout.p > 0:
+            p = downsampler.dropout.p
+            weight = weight * torch.bernoulli(torch.full((b, dim), 1 - p, device=weight.device)) / (1 - p)
+        columns = torch.cat([columns, weight[..., None]], 2)
+    hr = upsampler.forward_projected(features, image, columns) / unit
+    values = hr[:, :num_jitters * d].unflatten(1, (num_jitters, d)).flatten(0, 1)
+    saliency = None
+    if attention:
+        saliency = (hr[:, -1:] + downsampler.saliency.bias).repeat_interleave(num_jitters, 0)
+    return values, saliency
 
 
 def _batch_indices(count: int, batch_size: int, step: int, seed: int) -> torch.Tensor:

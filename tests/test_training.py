@@ -116,3 +116,31 @@ def test_fit_implicit_with_random_projections(backbone, images):
     model = fit_implicit(images[1], backbone, steps=2, views=4, views_per_step=2, projection_dim=3, max_pad=3,
                          progress=False)
     assert model.proj_dim == DIM
+
+
+def test_wide_features_train_through_their_projections_with_the_same_values():
+    # A 1280-channel head must not upsample all its channels each step: the views' projections (and the
+    # saliency's weights) go through the JBU instead. With dropout off both routes give the same numbers.
+    from torch import nn
+
+    from featup.downsamplers import AttentionDownsampler
+    from featup.losses import random_projection
+    from featup.training import _upsampled_views
+    from featup.upsamplers import JBUStack
+
+    torch.manual_seed(0)
+    dim, views, d = 40, 2, 5
+    parts = nn.ModuleDict({"upsampler": JBUStack(dim), "downsampler": AttentionDownsampler(dim, 4, 4)})
+    nn.init.normal_(parts["upsampler"].fixup_proj[1].weight, std=0.2)
+    for module in parts.modules():
+        if isinstance(module, (nn.Dropout, nn.Dropout2d)):
+            module.p = 0.0
+    features, image = torch.randn(2, dim, 4, 4), torch.rand(2, 3, 16, 16)
+    projection = random_projection(2 * views, dim, d, generator=torch.Generator().manual_seed(0))
+    unit = torch.tensor(3.0)
+    values, saliency = _upsampled_views(parts, features, image, projection, views, unit)
+    hr = parts["upsampler"](features, image) / unit
+    expected = torch.einsum("bchw,bjcd->bjdhw", hr, projection.view(2, views, dim, d)).flatten(0, 1)
+    torch.testing.assert_close(values, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(saliency, parts["downsampler"].saliency_logits(hr).repeat_interleave(views, 0),
+                               rtol=1e-4, atol=1e-5)

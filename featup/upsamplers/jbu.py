@@ -145,12 +145,43 @@ class JBUStack(nn.Module):
                 f"got features with {features.shape[1]} channels, expected {self.dim} (the dim this JBUStack was "
                 "built for)"
             )
+        out = self._run_layers(features, image, output_size)
+        return out + 0.1 * self.fixup_proj(out)
+
+    def _run_layers(self, features: torch.Tensor, image: torch.Tensor,
+                    output_size: int | Sequence[int] | None) -> torch.Tensor:
         size = resolve_output_size(output_size, image)
         guidance = self.normalize(image.to(features.dtype))
         out = features
         for layer, stage_size in zip(self.layers, self.stage_sizes(features.shape[-2:], size), strict=True):
             out = layer(out, _guidance_at(guidance, stage_size))
-        return out + 0.1 * self.fixup_proj(out)
+        return out
+
+    def forward_projected(self, features: torch.Tensor, image: torch.Tensor, projection: torch.Tensor,
+                          output_size: int | Sequence[int] | None = None) -> torch.Tensor:
+        """``einsum("bchw,bcd->bdhw", forward(features, image), projection)`` with the layers run on D channels.
+
+        The JBU layers treat every channel alike and linearly (bicubic resampling, then one adaptive filter
+        per pixel from the image), so they commute with channel projections; the residual fixup folds into
+        the projection, its Dropout2d mask included. So this is exact in train and eval mode, and costs D
+        channels instead of ``dim``: a 1280-channel head trains through its 30-d loss projections.
+        ``projection`` is B×dim×D.
+        """
+        check_features_and_image(features, image)
+        b, dim = features.shape[:2]
+        if projection.ndim != 3 or projection.shape[:2] != (b, self.dim) or dim != self.dim:
+            raise ValueError(f"expected features with {self.dim} channels and a B×{self.dim}×D projection, got "
+                             f"features {tuple(features.shape)} and projection {tuple(projection.shape)}")
+        dropout, conv = self.fixup_proj
+        weight = conv.weight[:, :, 0, 0].to(projection.dtype)
+        folded = torch.einsum("oc,bod->bcd", weight, projection)  # Wᵀ·P: the fixup seen through P
+        if dropout.training and dropout.p > 0:
+            keep = torch.bernoulli(torch.full((b, dim, 1), 1 - dropout.p, device=features.device))
+            folded = folded * keep.to(folded.dtype) / (1 - dropout.p)
+        reduced = torch.einsum("bchw,bcd->bdhw", features, (projection + 0.1 * folded).to(features.dtype))
+        out = self._run_layers(reduced, image, output_size)
+        bias = torch.einsum("o,bod->bd", conv.bias.to(projection.dtype), projection)
+        return out + 0.1 * bias[:, :, None, None].to(out.dtype)
 
 
 def _guidance_at(guidance: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

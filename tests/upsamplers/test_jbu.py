@@ -136,3 +136,48 @@ def test_layer_spatial_kernel_is_a_gaussian_of_the_tap_offsets():
     offsets = [-1.0, -0.5, 0.0, 0.5, 1.0]
     expected = torch.tensor([[math.exp(-(dy * dy + dx * dx) / 0.5) for dx in offsets] for dy in offsets])
     torch.testing.assert_close(kernel, expected)
+
+
+def _stack_with_fixup(dim):
+    torch.manual_seed(0)
+    stack = JBUStack(dim).double()
+    torch.nn.init.normal_(stack.fixup_proj[1].weight, std=0.2)  # a trained fixup, not the near-zero init
+    torch.nn.init.normal_(stack.fixup_proj[1].bias)
+    features = torch.randn(2, dim, 5, 6, dtype=torch.double)
+    image = torch.rand(2, 3, 37, 45, dtype=torch.double)
+    projection = torch.randn(2, dim, 7, dtype=torch.double)
+    return stack, features, image, projection
+
+
+def test_projected_forward_equals_projecting_the_output_with_its_gradients():
+    stack, features, image, projection = _stack_with_fixup(40)
+    stack.eval()
+    full = torch.einsum("bchw,bcd->bdhw", stack(features, image, (37, 45)), projection)
+    full.square().sum().backward()
+    expected = {n: p.grad.clone() for n, p in stack.named_parameters()}
+    stack.zero_grad()
+    projected = stack.forward_projected(features, image, projection, (37, 45))
+    projected.square().sum().backward()
+    torch.testing.assert_close(projected, full, rtol=1e-10, atol=1e-10)
+    for name, param in stack.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_projected_forward_folds_the_fixup_dropout_exactly_in_train_mode():
+    stack, features, image, projection = _stack_with_fixup(40)
+    stack.train()
+    torch.manual_seed(3)
+    projected = stack.forward_projected(features, image, projection)
+    # The same draws by hand: the fixup's channel mask first, then the layers' own dropout.
+    torch.manual_seed(3)
+    keep = torch.bernoulli(torch.full((2, 40, 1), 0.8))[..., None] / 0.8
+    out = stack._run_layers(features, image, None)
+    fixup = stack.fixup_proj[1]
+    full = out + 0.1 * fixup(out * keep)
+    torch.testing.assert_close(projected, torch.einsum("bchw,bcd->bdhw", full, projection), rtol=1e-10, atol=1e-10)
+
+
+def test_projected_forward_rejects_a_projection_of_other_channels():
+    stack, features, image, projection = _stack_with_fixup(40)
+    with pytest.raises(ValueError, match="B×40×D projection"):
+        stack.forward_projected(features, image, projection[:, :30])
