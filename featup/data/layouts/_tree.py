@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass
 
 import numpy as np
 
-from featup.data.images import ImageError, decode_depth
+from featup.data.images import ImageError, decode_depth, decode_label, decode_rgb
 from featup.data.storage import StorageOptions, filesystem
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff", ".gif")
@@ -58,3 +59,34 @@ def read_depth(tree: SourceTree | None, stem: str, scale: float) -> tuple[np.nda
             except ImageError as exc:
                 return None, f"depth map {rel}: {exc}"
     return None, None
+
+
+@dataclass
+class LabelledImage:
+    """An image read with its label map (raw class ids) and optional depth, and the decoder's conversions."""
+
+    image: np.ndarray
+    label: np.ndarray
+    depth: np.ndarray | None
+    notes: list[str]
+
+
+def read_labelled(tree: SourceTree, image_rel: str, label_rel: str, depth_tree: SourceTree | None,
+                  depth_stem: str, depth_scale: float, min_side: int) -> LabelledImage | str:
+    """Read an image, its same-sized label map and its depth map, or say what is wrong with them."""
+    try:
+        image, notes = decode_rgb(tree.read(image_rel), min_side=min_side)
+    except FileNotFoundError:
+        return "listed image is missing"
+    except ImageError as exc:
+        return str(exc)
+    try:
+        label = decode_label(tree.read(label_rel))
+    except FileNotFoundError:
+        return f"no label map {label_rel}"
+    except ImageError as exc:
+        return f"label map {label_rel}: {exc}"
+    if label.shape != image.shape[:2]:
+        return f"label map is {label.shape}, image is {image.shape[:2]}"
+    depth, problem = read_depth(depth_tree, depth_stem, depth_scale)
+    return problem if problem else LabelledImage(image, label, depth, notes)

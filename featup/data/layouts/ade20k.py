@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from featup.data.images import MIN_SIDE, ImageError, decode_label, decode_rgb
+from featup.data.images import MIN_SIDE
 from featup.data.layouts._registry import LayoutSource, register_layout
-from featup.data.layouts._tree import SourceTree, key_for, read_depth
+from featup.data.layouts._tree import SourceTree, key_for, read_labelled
 from featup.data.samples import IGNORE_INDEX, BadSample, Sample
 from featup.data.storage import StorageOptions
 
@@ -78,27 +78,12 @@ def ade20k(
             stem = posixpath.splitext(posixpath.basename(image_rel))[0]
             label_rel = posixpath.join("annotations", split, stem + ".png")
             key, source = key_for(stem), posixpath.join(root, image_rel)
-            try:
-                image, notes = decode_rgb(tree.read(image_rel), min_side=min_side)
-            except ImageError as exc:
-                yield BadSample(key, source, str(exc))
+            read = read_labelled(tree, image_rel, label_rel, depth_tree, posixpath.join(split, stem), depth_scale,
+                                 min_side)
+            if isinstance(read, str):
+                yield BadSample(key, source, read)
                 continue
-            try:
-                raw = decode_label(tree.read(label_rel))
-            except FileNotFoundError:
-                yield BadSample(key, source, f"no label map {label_rel}")
-                continue
-            except ImageError as exc:
-                yield BadSample(key, source, f"label map {label_rel}: {exc}")
-                continue
-            if raw.shape != image.shape[:2]:
-                yield BadSample(key, source, f"label map is {raw.shape}, image is {image.shape[:2]}")
-                continue
-            depth, problem = read_depth(depth_tree, posixpath.join(split, stem), depth_scale)
-            if problem:
-                yield BadSample(key, source, problem)
-                continue
-            meta = {"split": split, "file": image_rel, **({"conversions": notes} if notes else {})}
-            yield {"__key__": key, "image": image, "label": table[raw], "depth": depth, "meta": meta}
+            meta = {"split": split, "file": image_rel, **({"conversions": read.notes} if read.notes else {})}
+            yield {"__key__": key, "image": read.image, "label": table[read.label], "depth": read.depth, "meta": meta}
 
     return LayoutSource(samples(), list(CLASSES), {"layout": "ade20k", "split": split, "source": root})

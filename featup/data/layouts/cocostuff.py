@@ -17,9 +17,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from featup.data.images import MIN_SIDE, ImageError, decode_label, decode_rgb
+from featup.data.images import MIN_SIDE
 from featup.data.layouts._registry import LayoutSource, register_layout
-from featup.data.layouts._tree import SourceTree, key_for, read_depth
+from featup.data.layouts._tree import SourceTree, key_for, read_labelled
 from featup.data.samples import IGNORE_INDEX, BadSample, Sample
 from featup.data.storage import StorageOptions
 
@@ -109,35 +109,17 @@ def cocostuff(
             image_rel = posixpath.join("images", split, stem + ".jpg")
             label_rel = posixpath.join("annotations", split, stem + ".png")
             key, source = key_for(stem), posixpath.join(root, image_rel)
-            try:
-                image, notes = decode_rgb(tree.read(image_rel), min_side=min_side)
-            except FileNotFoundError:
-                yield BadSample(key, source, "listed image is missing")
-                continue
-            except ImageError as exc:
-                yield BadSample(key, source, str(exc))
-                continue
-            try:
-                fine = decode_label(tree.read(label_rel))
-            except FileNotFoundError:
-                yield BadSample(key, source, f"no label map {label_rel}")
-                continue
-            except ImageError as exc:
-                yield BadSample(key, source, f"label map {label_rel}: {exc}")
-                continue
-            if fine.shape != image.shape[:2]:
-                yield BadSample(key, source, f"label map is {fine.shape}, image is {image.shape[:2]}")
-                continue
-            depth, problem = read_depth(depth_tree, posixpath.join(split, stem), depth_scale)
-            if problem:
-                yield BadSample(key, source, problem)
+            read = read_labelled(tree, image_rel, label_rel, depth_tree, posixpath.join(split, stem), depth_scale,
+                                 min_side)
+            if isinstance(read, str):
+                yield BadSample(key, source, read)
                 continue
             meta = {"split": split, "file": image_rel}
             if stem.isdigit():
                 meta["image_id"] = int(stem)
-            if notes:
-                meta["conversions"] = notes
-            yield {"__key__": key, "image": image, "label": table[fine], "depth": depth, "meta": meta}
+            if read.notes:
+                meta["conversions"] = read.notes
+            yield {"__key__": key, "image": read.image, "label": table[read.label], "depth": read.depth, "meta": meta}
 
     classes = list(COARSE_CLASSES if coarse else FINE_CLASSES)
     meta = {"layout": "cocostuff", "split": split, "coarse": coarse, "source": root, "image_list": image_list}
