@@ -12,7 +12,7 @@ from featup.backbones import MissingWeightsError
 from featup.eval import CompareSettings, StoredFeatures, compare_upsamplers, markdown_table, write_report
 from featup.pipeline import ImplicitPerImage
 from featup.store import open_feature_store
-from featup.upsamplers import load_upsampler
+from featup.upsamplers import list_upsamplers, load_upsampler
 from tasks import models
 from tasks.storage import io_retry, storage_options
 
@@ -37,7 +37,9 @@ def upsampler_specs(names: list[str], checkpoints: dict[str, str], implicit_opti
     stores = dict(stores or {})
     for name in [*names, *(n for n in stores if n not in names)]:
         if name in stores:
-            specs[name] = StoredFeatures(open_feature_store(stores[name], storage_options=storage))
+            # Backbones the store was not made for (e.g. the CAM head) are upsampled on the fly.
+            fallback = trained(name) if name in list_upsamplers() else None
+            specs[name] = StoredFeatures(open_feature_store(stores[name], storage_options=storage), otherwise=fallback)
         elif name in ("lowres", "low-res"):
             specs["low-res"] = None
         elif name == "implicit":

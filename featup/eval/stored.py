@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -18,21 +19,27 @@ class StoredFeatures:
 
     Probes and CAMs then score exactly what ``precompute_features`` wrote (PCA-coded stores are
     reconstructed to all channels). The store serves the backbone it was made with (its id, e.g.
-    ``efficientnet_lite0`` or ``efficientnet_lite0-stride32``) and no other; only committed rows count,
-    so a sample of an unfinished shard is an error that says how to finish the store.
+    ``efficientnet_lite0`` or ``efficientnet_lite0-stride32``); ``otherwise`` (a module, or a factory
+    called with the backbone) serves the others, such as a CAM head, else their cells stay empty. Only
+    committed rows count, so a sample of an unfinished shard is an error that says how to finish the store.
     """
 
-    def __init__(self, store: FeatureStore):
+    def __init__(self, store: FeatureStore, otherwise: nn.Module | Callable[[nn.Module], Any] | None = None):
         self.store = store
+        self.otherwise = otherwise
         self._data = store.to_xarray(reconstruct_pca=True)["features"]
         self._keys = set(self._data.indexes["sample"])
 
     def __repr__(self) -> str:
         return f"StoredFeatures({self.store.url!r})"
 
-    def __call__(self, backbone: nn.Module) -> StoredFeatures | None:
-        """This spec for ``backbone`` if the store holds its features, else None (cells left empty)."""
-        return self if getattr(backbone, "id", None) == self.store.spec.backbone else None
+    def __call__(self, backbone: nn.Module) -> Any:
+        """This spec for ``backbone`` if the store holds its features, else what ``otherwise`` gives (or None)."""
+        if getattr(backbone, "id", None) == self.store.spec.backbone:
+            return self
+        if self.otherwise is None or isinstance(self.otherwise, nn.Module):
+            return self.otherwise
+        return self.otherwise(backbone)
 
     def read(self, key: str) -> torch.Tensor:
         """The stored 1×C×H×W float32 features of sample ``key``."""

@@ -49,9 +49,13 @@ def test_stored_features_score_like_upsampling_on_the_fly(dense_backbone, mosaic
     assert read_back["seg_acc"] == pytest.approx(on_the_fly["seg_acc"], abs=0.01)
 
 
-def test_a_store_serves_only_its_own_backbone(cam_backbone, mosaics):
-    stored = StoredFeatures(open_feature_store(mosaics["store"]))
-    assert stored(cam_backbone) is None  # the stride-32 head is another backbone id: its cells stay empty
+def test_a_store_serves_its_own_backbone_and_leaves_others_to_a_fallback(dense_backbone, cam_backbone, mosaics):
+    store = open_feature_store(mosaics["store"])
+    assert StoredFeatures(store)(dense_backbone) is not None
+    assert StoredFeatures(store)(cam_backbone) is None  # the stride-32 head is another backbone: cells stay empty
+    bilinear = load_upsampler("bilinear")
+    assert StoredFeatures(store, otherwise=bilinear)(cam_backbone) is bilinear
+    assert StoredFeatures(store, otherwise=lambda b: b.dim)(cam_backbone) == 1280
 
 
 def test_a_sample_of_an_unfinished_shard_is_an_error_saying_how_to_finish(dense_backbone, mosaics):

@@ -82,12 +82,17 @@ def test_ingest_precompute_evaluate_train_on_s3(prefect_api, s3_secret, s3_serve
 
     state = evaluate(report=f"{bucket}/report", upsamplers=["lowres", "bilinear"],
                      seg_shards=f"{bucket}/shards/mosaics", cam_shards=f"{bucket}/shards/photos",
+                     stores={"stored bilinear": summary["store"]},
                      image_size=64, cam_output_size=32, max_images=photos["samples"], probe_steps=20,
                      storage_secret=s3_secret, return_state=True)
     result = state.result()
     rows = {r["upsampler"]: r for r in result["rows"]}
-    assert set(rows) == {"low-res", "bilinear"}
+    assert set(rows) == {"low-res", "bilinear", "stored bilinear"}
     assert 0 <= rows["bilinear"]["seg_miou"] <= 1 and 0 <= rows["low-res"]["cam_ad"] <= 100
+    # The store's features are the bilinear ones (float16): the probe scores them alike; the CAM head is
+    # not in the store, so that row has no CAM cells.
+    assert abs(rows["stored bilinear"]["seg_miou"] - rows["bilinear"]["seg_miou"]) < 0.02
+    assert rows["stored bilinear"].get("cam_ad") is None
     import fsspec
 
     fs = fsspec.filesystem("s3", **storage)
@@ -97,7 +102,7 @@ def test_ingest_precompute_evaluate_train_on_s3(prefect_api, s3_secret, s3_serve
     assert {"featup-evaluation-report", "featup-evaluation-table", "featup-evaluation-html"} <= set(artifacts)
     assert "mIoU" in artifacts["featup-evaluation-report"].data
 
-    checkpoint = str(tmp_path / "ckpt" / "jbu.pt")
+    checkpoint = f"{bucket}/ckpt/jbu.pt"  # reached with the Secret block's credentials, like the shards
     trained = train_jbu(shards=f"{bucket}/shards/photos", checkpoint=checkpoint, steps=2,
                         checkpoint_every=1, image_size=32, batch_size=2, num_jitters=1, max_images=4,
                         storage_secret=s3_secret)
@@ -107,7 +112,7 @@ def test_ingest_precompute_evaluate_train_on_s3(prefect_api, s3_secret, s3_serve
                         storage_secret=s3_secret)
     from featup.checkpoints import load_checkpoint
 
-    _, metadata = load_checkpoint(checkpoint)
+    _, metadata = load_checkpoint(checkpoint, storage_options=storage)
     assert metadata["step"] == 3 and resumed["final"]["step"] == 3
 
 
