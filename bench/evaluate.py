@@ -12,9 +12,10 @@ Three tables, like Table 1 of the FeatUp paper, on sets that build offline (feat
 
 JBU and resize-conv come from --jbu-checkpoint / --resize-conv-checkpoint, else the checkpoint featup
 ships, else they are trained here with the multi-view loss (featup.training.train_jbu) on photo crops
-and the train splits' images, and cached under --out. A JBU trained on the stride-16 tap serves the
-stride-32 head through its guidance-only layers (the kernels depend on the image, not the features),
-with an identity fixup; resize-conv has channel-specific weights and no stride-32 version.
+and the train splits' images, and cached under --out. The stride-32 head's CAMs use the JBU featup
+ships for it (jbu_efficientnet_lite0-stride32.pt) unless --jbu-checkpoint is given; otherwise the
+stride-16 JBU serves the head through its guidance-only layers (the kernels depend on the image, not
+the features), with an identity fixup. Resize-conv has channel-specific weights and no stride-32 version.
 
     python bench/evaluate.py --out featup-out/eval
 """
@@ -101,11 +102,17 @@ def learned_upsampler(kind: str, given: str | None, backbone: nn.Module, images:
     return load_upsampler(kind, backbone=backbone.name, checkpoint=cache), how
 
 
-def jbu_for(trained: nn.Module) -> Callable[[nn.Module], nn.Module]:
-    """The JBU for each backbone: itself for its own tap, its guidance-only layers with an identity fixup otherwise."""
+def jbu_for(trained: nn.Module, given: bool) -> Callable[[nn.Module], nn.Module]:
+    """The JBU for each backbone: ``trained`` for its own tap; for another, the one featup ships for it (unless a
+    checkpoint was ``given``), else ``trained``'s guidance-only layers with an identity fixup."""
     def for_backbone(backbone: nn.Module) -> nn.Module:
         if backbone.dim == trained.dim:
             return trained
+        if not given:
+            try:
+                return load_upsampler("jbu", backbone=backbone.id)
+            except MissingWeightsError:
+                pass
         moved = create_upsampler("jbu", dim=backbone.dim, num_layers=trained.num_layers, radius=trained.radius)
         for mine, theirs in zip(moved.layers, trained.layers):
             mine.load_state_dict(theirs.state_dict())
@@ -153,7 +160,7 @@ def main() -> None:
     jbu, jbu_source = learned_upsampler("jbu", args.jbu_checkpoint, dense, unlabelled, args)
     conv, conv_source = learned_upsampler("resize_conv", args.resize_conv_checkpoint, dense, unlabelled, args)
     upsamplers = {"low-res": None, "bilinear": load_upsampler("bilinear"), "resize-conv": only_for(conv),
-                  "jbu": jbu_for(jbu)}
+                  "jbu": jbu_for(jbu, given=args.jbu_checkpoint is not None)}
     common = {"image_size": size, "cam_output_size": args.cam_output_size, "seg_steps": args.probe_steps,
               "depth_steps": args.probe_steps, "pixels_per_image": args.pixels_per_image, "seed": args.seed}
     notes = (f"EfficientNet-Lite0 (ImageNet weights): stride-16 tap (112 ch) for probes, stride-32 head (1280 ch) "

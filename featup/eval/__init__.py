@@ -15,6 +15,7 @@ from featup.eval.metrics import (
     average_increase,
     confusion_matrix,
     depth_errors,
+    edge_alignment,
     segmentation_scores,
 )
 from featup.eval.probe import LinearProbe
@@ -40,6 +41,7 @@ __all__ = [
     "compare_upsamplers",
     "confusion_matrix",
     "depth_errors",
+    "edge_alignment",
     "evaluate_cams",
     "evaluate_depth_probe",
     "evaluate_seg_probe",

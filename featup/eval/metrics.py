@@ -1,4 +1,5 @@
-"""Scores for dense predictions: segmentation IoU, scale-and-shift-aligned depth error, CAM faithfulness."""
+"""Scores for dense predictions: segmentation IoU, scale-and-shift-aligned depth error, CAM faithfulness,
+and how closely upsampled features follow the image's edges."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ __all__ = [
     "average_increase",
     "confusion_matrix",
     "depth_errors",
+    "edge_alignment",
     "segmentation_scores",
 ]
 
@@ -102,3 +104,28 @@ def average_drop(y: torch.Tensor, o: torch.Tensor) -> float:
 def average_increase(y: torch.Tensor, o: torch.Tensor) -> float:
     """Percentage of images whose class score rises when the image is masked by its CAM (O > Y)."""
     return float((o.double() > y.double()).double().mean() * 100)
+
+
+def _gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """B×(H−1)×(W−1) norm over channels of forward differences, each channel scaled to unit spread."""
+    x = x.float()
+    x = x / x.flatten(2).std(-1).clamp_min(1e-8)[..., None, None]
+    dy = x[..., 1:, :-1] - x[..., :-1, :-1]
+    dx = x[..., :-1, 1:] - x[..., :-1, :-1]
+    return (dy.square() + dx.square()).sum(1).sqrt()
+
+
+def edge_alignment(features: torch.Tensor, image: torch.Tensor) -> float:
+    """Pearson correlation between where B×C×H×W features change and where the B×3×H×W image does.
+
+    1 when the features' edges are the image's, about 0 for features blind to it (a bilinear blow-up of
+    a coarse grid); a measure of how sharply an upsampler follows object boundaries, averaged over images.
+    """
+    if features.shape[0] != image.shape[0] or features.shape[-2:] != image.shape[-2:]:
+        raise ValueError(f"features {tuple(features.shape)} and image {tuple(image.shape)} must have the same batch "
+                         "and size; upsample the features to the image's size first")
+    scores = []
+    for f, i in zip(_gradient_magnitude(features), _gradient_magnitude(image), strict=True):
+        f, i = f.flatten() - f.mean(), i.flatten() - i.mean()
+        scores.append(float(f @ i / (f.norm() * i.norm()).clamp_min(1e-12)))
+    return sum(scores) / len(scores)

@@ -9,6 +9,7 @@ from featup.eval.metrics import (
     average_increase,
     confusion_matrix,
     depth_errors,
+    edge_alignment,
     segmentation_scores,
 )
 
@@ -96,3 +97,19 @@ def test_average_drop_and_increase_by_hand():
     assert average_drop(y, o) == pytest.approx((0.5 + 0 + 1 + 0) / 4 * 100)
     assert average_increase(y, o) == pytest.approx(25.0)
     assert average_drop(y, y) == 0.0 and average_increase(y, y) == 0.0
+
+
+def test_edge_alignment_is_one_for_the_image_itself_and_low_for_a_blurred_grid():
+    torch.manual_seed(0)
+    image = torch.zeros(1, 3, 32, 32)
+    image[..., 8:24, 10:20] = torch.tensor([0.9, 0.2, 0.4])[:, None, None]  # a box with sharp edges
+    assert edge_alignment(image * 3 + 1, image) == pytest.approx(1.0, abs=1e-5)  # scale and offset do not matter
+    coarse = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(image, 8), size=(32, 32),
+                                             mode="bilinear", align_corners=False)
+    assert edge_alignment(coarse, image) < 0.5
+    assert edge_alignment(torch.randn(1, 4, 32, 32), image) == pytest.approx(0.0, abs=0.15)
+
+
+def test_edge_alignment_needs_features_at_the_image_size():
+    with pytest.raises(ValueError, match="upsample the features"):
+        edge_alignment(torch.zeros(1, 4, 8, 8), torch.zeros(1, 3, 32, 32))
