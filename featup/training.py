@@ -155,6 +155,7 @@ def train_jbu(
     batch_size: int = 4,
     num_jitters: int = 5,
     lr: float = 1e-3,
+    head_lr: float | None = None,
     image_size: int = 224,
     downsampler: str = "attention",
     max_pad: int = 20,
@@ -177,6 +178,9 @@ def train_jbu(
     (pad 20, zoom ≤ 2), attention downsampler with windows = the backbone's patches, 30-d random
     projections, gradient-norm clip 1e-4 for the first 10 steps, constant learning rate (``lr_decay``
     anneals it to zero over ``steps`` on a cosine, which lets short runs end in a settled state).
+    ``head_lr`` (default ``lr``) is the rate of the downsampler and the uncertainty net, which are linear in
+    the backbone's channels: one NAdam step moves their outputs in proportion to the width, so a
+    1280-channel head wants a smaller rate than the upsampler's to stay stable.
 
     With ``checkpoint`` the upsampler is written there every ``checkpoint_every`` steps and at the end
     (load it with ``featup.upsamplers.load_upsampler("jbu", checkpoint=...)``), and the state to resume
@@ -201,6 +205,8 @@ def train_jbu(
               "max_zoom": max_zoom, "projection_dim": projection_dim, "seed": seed, "lr_decay": lr_decay}
     if lr_decay:
         config["steps"] = steps  # the schedule depends on the run's length
+    if head_lr is not None:
+        config["head_lr"] = head_lr
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -211,7 +217,11 @@ def train_jbu(
             "downsampler": _make_downsampler(downsampler, backbone.dim, stride, stride),
             "scale": UncertaintyScale(backbone.dim),
         }).to(device)
-        optimizer = torch.optim.NAdam(parts.parameters(), lr=lr)
+        rates = [lr, lr if head_lr is None else head_lr]
+        optimizer = torch.optim.NAdam([
+            {"params": parts["upsampler"].parameters(), "lr": rates[0]},
+            {"params": [*parts["downsampler"].parameters(), *parts["scale"].parameters()], "lr": rates[1]},
+        ])
         start, history = 0, []
         if resume and checkpoint is not None:
             start, history = _resume(checkpoint, config, parts, optimizer, storage_options)
@@ -219,8 +229,8 @@ def train_jbu(
         bar = tqdm(total=steps, initial=start, desc=f"JBU on {backbone.name}", disable=not progress)
         for step in range(start, steps):
             parts.train()
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps)) if lr_decay else lr
+            for group, rate in zip(optimizer.param_groups, rates, strict=True):
+                group["lr"] = rate * 0.5 * (1 + math.cos(math.pi * step / steps)) if lr_decay else rate
             torch.manual_seed(_step_seed(seed, step))
             g = torch.Generator().manual_seed(_step_seed(seed, step))
             indices = _batch_indices(count, batch_size, step, seed)

@@ -23,6 +23,7 @@ def train_jbu(
     num_jitters: int = 5,
     lr: float = 1e-3,
     lr_decay: bool = False,
+    head_lr: float | None = None,
     max_images: int | None = None,
     seed: int = 0,
     weights: str | None = None,
@@ -46,6 +47,8 @@ def train_jbu(
         batch_size: Images per step.
         num_jitters: Jittered views of each image per step (the published recipe: 5).
         lr: NAdam learning rate (the peak one with lr_decay).
+        head_lr: Learning rate of the downsampler and uncertainty net (default: lr); lower it for wide heads
+            (e.g. 5e-4 for 1280 channels), whose outputs one step moves in proportion to the width.
         lr_decay: Anneal the learning rate to zero over the run on a cosine (lets short runs at a higher lr settle).
         max_images: Use at most this many images.
         seed: Seed of every random draw.
@@ -60,5 +63,5 @@ def train_jbu(
         raise ValueError(f"no readable images in {shards}")
     return train_jbu_task(images, backbone=backbone, tap=tap, steps=steps, checkpoint=checkpoint,
                           checkpoint_every=checkpoint_every, image_size=image_size, batch_size=batch_size,
-                          num_jitters=num_jitters, lr=lr, lr_decay=lr_decay, seed=seed, weights=weights,
+                          num_jitters=num_jitters, lr=lr, head_lr=head_lr, lr_decay=lr_decay, seed=seed, weights=weights,
                           random_weights=random_weights, device=device, storage_secret=storage_secret)
