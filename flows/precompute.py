@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +35,19 @@ def _shard_policy(lock_dir: str):
     return CacheKeyFnPolicy(cache_key_fn=_shard_key).configure(
         isolation_level="SERIALIZABLE", lock_manager=ProcessAwareLockManager(lock_files_directory=Path(lock_dir))
     )
+
+
+@contextmanager
+def _held(lock_dir: str, ident: str) -> Iterator[None]:
+    """Hold this host's lock named by ``ident`` (released if the holding process dies) while in the block."""
+    manager = ProcessAwareLockManager(lock_files_directory=Path(lock_dir))
+    key = f"featup-store-{hashlib.sha256(ident.encode()).hexdigest()[:32]}"
+    holder = f"{os.getpid()}-{uuid.uuid4().hex}"
+    manager.acquire_lock(key, holder)
+    try:
+        yield
+    finally:
+        manager.release_lock(key, holder)
 
 
 @flow(name="precompute-features", log_prints=True)
@@ -83,7 +99,8 @@ def precompute_features(
         weights: Backbone weights path or URL.
         random_weights: Use random backbone weights (for tests and smoke runs).
         dataset: Dataset name in the store; default: the manifest's name.
-        lock_dir: Folder for shard locks shared by the runs of this host (runs meeting on a shard wait).
+        lock_dir: Folder for the store and shard locks shared by the runs of this host (runs meeting on a
+            shard wait).
         storage_secret: Name of a Prefect Secret block holding fsspec storage options as JSON.
     """
     logger = get_run_logger()
@@ -91,10 +108,13 @@ def precompute_features(
         from featup.data.manifest import read_manifest
 
         dataset = read_manifest(shards, storage_options=storage_options(storage_secret)).name
-    created = create_store(shards, store, dataset=dataset, backbone=backbone, tap=tap, upsampler=upsampler,
-                           checkpoint=checkpoint, output_size=(output_size, output_size), dtype=dtype,
-                           keep_lowres=keep_lowres, weights=weights, random_weights=random_weights,
-                           storage_secret=storage_secret)
+    # Runs started together must not create (and so wipe) the same store at once: one creates it, the
+    # others wait and then find it ready.
+    with _held(lock_dir, f"{store}|{dataset}|{backbone}|{tap}|{upsampler}"):
+        created = create_store(shards, store, dataset=dataset, backbone=backbone, tap=tap, upsampler=upsampler,
+                               checkpoint=checkpoint, output_size=(output_size, output_size), dtype=dtype,
+                               keep_lowres=keep_lowres, weights=weights, random_weights=random_weights,
+                               storage_secret=storage_secret)
     pending = created["pending"]
     total = created["num_shards"]
     logger.info("%d of %d shards pending in %s", len(pending), total, created["url"])
