@@ -12,8 +12,10 @@ from featup.upsamplers import JBUStack, load_upsampler
 PHOTOS = ["astronaut", "coffee", "motorcycle", "voc"]
 
 
-@pytest.mark.parametrize(("tap", "channels", "size"), [(None, 112, 224), ("stride32", 1280, 112)])
-def test_shipped_jbu_loads_by_name_and_follows_edges_bilinear_blurs(tap, channels, size):
+# kept: the least cosine between the JBU features pooled back to the grid and the backbone's own. The
+# stride-32 head's 1280×1280 fixup, trained for 200 steps, moves its features more (see docs/bench/core.md).
+@pytest.mark.parametrize(("tap", "channels", "size", "kept"), [(None, 112, 224, 0.93), ("stride32", 1280, 112, 0.85)])
+def test_shipped_jbu_loads_by_name_and_follows_edges_bilinear_blurs(tap, channels, size, kept):
     backbone = load_backbone("efficientnet_lite0", tap=tap)
     jbu = load_upsampler("jbu", backbone=backbone.id)
     assert isinstance(jbu, JBUStack) and jbu.dim == channels and not jbu.training
@@ -29,4 +31,4 @@ def test_shipped_jbu_loads_by_name_and_follows_edges_bilinear_blurs(tap, channel
     assert edge_alignment(sharp, guide) > edge_alignment(blurred, guide) + 0.15
     # Meaning kept: pooled back onto the backbone's grid, the JBU's features are the backbone's own.
     pooled = torch.nn.functional.adaptive_avg_pool2d(sharp, low.shape[-2:])
-    assert torch.nn.functional.cosine_similarity(pooled, low, dim=1).mean() > 0.9
+    assert torch.nn.functional.cosine_similarity(pooled, low, dim=1).mean() > kept
