@@ -132,6 +132,7 @@ class _Writer:
         self._times = times
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
+        self.written = 0  # images stored so far (the first item of each batch is its keys)
         self._thread = threading.Thread(target=self._run, name="featup-store-writer", daemon=True)
         self._thread.start()
 
@@ -141,6 +142,7 @@ class _Writer:
                 start = time.perf_counter()
                 try:
                     self._write(*item)
+                    self.written += len(item[0])
                 except BaseException as e:  # handed to the caller's thread in close()
                     self._error = e
                 self._times.write += time.perf_counter() - start
@@ -155,6 +157,34 @@ class _Writer:
         self._thread.join()
         if self._error is not None:
             raise self._error
+
+
+class _ThreadBudget:
+    """On the CPU, gives the writer thread a core of its own when writing is the slower side.
+
+    Sharing every core, the model and the writer's compression slow each other more than the model
+    gains from the extra thread (measured on 2 cores, bench/pipeline.py); but when the model is the
+    slower side (a JBU on the CPU) it needs every thread. Decided once, comparing the model's time per
+    image on the first batch (before the writer starts) with the writer's on its first batch.
+    """
+
+    def __init__(self, device: torch.device):
+        self.threads = torch.get_num_threads()
+        self.undecided = device.type == "cpu" and self.threads >= 2
+        self.model_per_image: float | None = None
+
+    def rebalance(self, times: StageTimes, written: int) -> None:
+        if not self.undecided:
+            return
+        if self.model_per_image is None:
+            self.model_per_image = (times.backbone + times.upsample) / max(times.images, 1)
+        if written > 0:
+            self.undecided = False
+            if times.write / written > self.model_per_image:
+                torch.set_num_threads(self.threads - 1)
+
+    def restore(self) -> None:
+        torch.set_num_threads(self.threads)
 
 
 def _batches(store: FeatureStore, shard: int, image_size: tuple[int, int], batch_size: int, num_workers: int,
@@ -210,6 +240,7 @@ def precompute_shard(
     image_size = tuple(image_size or spec.size)
     times = report.times
     begin = time.perf_counter()
+    budget = _ThreadBudget(device_)
     with store.shard_writer(shard, redo=redo) as writer:
         def write(keys, high, low):
             writer.write(keys, high, low)
@@ -231,11 +262,13 @@ def precompute_shard(
                     sink.put(batch["__key__"], high.cpu(), low.cpu() if spec.lowres_size else None)
                     report.written += len(batch["__key__"])
                     times.images += len(batch["__key__"])
+                    budget.rebalance(times, sink.written)
                     if on_batch is not None:
                         on_batch(len(batch["__key__"]))
                 ready = time.perf_counter()
         finally:
             sink.close()
+            budget.restore()
         for key in writer.missing():
             # A key in the manifest that the shard no longer yields (e.g. a truncated tar).
             writer.mark_bad(key, "sample missing from the shard")
