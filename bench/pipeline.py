@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--upsampler", default="jbu")
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--model-threads", type=int, default=None,
+                        help="CPU threads of the model inside the pipeline (default: torch's)")
     args = parser.parse_args()
 
     device = pick_device(args.device)
@@ -74,13 +76,14 @@ def main() -> None:
 
     store = create_feature_store(f"{root}/pipeline", spec, read_manifest(f"{root}/shards"))
     report = precompute_shard(store, 0, backbone, upsampler, batch_size=args.batch_size, device=str(device),
-                              num_workers=args.num_workers)
+                              num_workers=args.num_workers, model_threads=args.model_threads)
     n = len(images)
     stages = {"read/decode": read_s, "backbone": backbone_s, "upsample": upsample_s, "write": write_s}
     slowest = min(_rate(n, s) for s in stages.values())
     pipeline = _rate(report.times.images, report.times.total)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"device {device}; {n} images {args.size}², {args.backbone} + {args.upsampler}, batch {args.batch_size}")
+          f"device {device}; {n} images {args.size}², {args.backbone} + {args.upsampler}, batch {args.batch_size}; "
+          f"model threads in the pipeline: {args.model_threads or torch.get_num_threads()}")
     print("| stage | images/s alone |\n|---|---|")
     for name, seconds in stages.items():
         print(f"| {name} | {_rate(n, seconds):.1f} |")

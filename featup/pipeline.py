@@ -132,7 +132,6 @@ class _Writer:
         self._times = times
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
-        self.written = 0  # images stored so far (the first item of each batch is its keys)
         self._thread = threading.Thread(target=self._run, name="featup-store-writer", daemon=True)
         self._thread.start()
 
@@ -142,7 +141,6 @@ class _Writer:
                 start = time.perf_counter()
                 try:
                     self._write(*item)
-                    self.written += len(item[0])
                 except BaseException as e:  # handed to the caller's thread in close()
                     self._error = e
                 self._times.write += time.perf_counter() - start
@@ -159,32 +157,20 @@ class _Writer:
             raise self._error
 
 
-class _ThreadBudget:
-    """On the CPU, gives the writer thread a core of its own when writing is the slower side.
-
-    Sharing every core, the model and the writer's compression slow each other more than the model
-    gains from the extra thread (measured on 2 cores, bench/pipeline.py); but when the model is the
-    slower side (a JBU on the CPU) it needs every thread. Decided once, comparing the model's time per
-    image on the first batch (before the writer starts) with the writer's on its first batch.
-    """
-
-    def __init__(self, device: torch.device):
-        self.threads = torch.get_num_threads()
-        self.undecided = device.type == "cpu" and self.threads >= 2
-        self.model_per_image: float | None = None
-
-    def rebalance(self, times: StageTimes, written: int) -> None:
-        if not self.undecided:
-            return
-        if self.model_per_image is None:
-            self.model_per_image = (times.backbone + times.upsample) / max(times.images, 1)
-        if written > 0:
-            self.undecided = False
-            if times.write / written > self.model_per_image:
-                torch.set_num_threads(self.threads - 1)
-
-    def restore(self) -> None:
-        torch.set_num_threads(self.threads)
+@contextlib.contextmanager
+def _model_threads(device: torch.device, threads: int | None) -> Iterator[None]:
+    """Run the model on ``threads`` CPU threads inside the block (None or a GPU: unchanged)."""
+    if threads is None or device.type != "cpu":
+        yield
+        return
+    if threads < 1:
+        raise ValueError(f"model_threads must be at least 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _batches(store: FeatureStore, shard: int, image_size: tuple[int, int], batch_size: int, num_workers: int,
@@ -219,6 +205,7 @@ def precompute_shard(
     device: str = "auto",
     amp: str = "float32",
     num_workers: int = 1,
+    model_threads: int | None = None,
     redo: bool = False,
     storage_options: Any = None,
     on_batch: Callable[[int], None] | None = None,
@@ -226,7 +213,11 @@ def precompute_shard(
     """Featurize, upsample and store every sample of one shard; skip it if already complete (unless ``redo``).
 
     Samples that cannot be decoded are marked bad in the store with their reason and reported; the
-    shard is committed only once every sample is written or marked bad.
+    shard is committed only once every sample is written or marked bad. ``model_threads`` sets the
+    model's CPU threads for the shard: with a cheap upsampler on few cores, one fewer than the cores
+    leaves the writer's compression a core of its own, which the whole pipeline gains from
+    (bench/pipeline.py); the default keeps torch's setting. Results are the same for any setting up
+    to float rounding; keep one setting per store for bit-identical re-runs.
     """
     report = ShardReport(shard)
     if store.is_complete(shard) and not redo:
@@ -240,8 +231,7 @@ def precompute_shard(
     image_size = tuple(image_size or spec.size)
     times = report.times
     begin = time.perf_counter()
-    budget = _ThreadBudget(device_)
-    with store.shard_writer(shard, redo=redo) as writer:
+    with _model_threads(device_, model_threads), store.shard_writer(shard, redo=redo) as writer:
         def write(keys, high, low):
             writer.write(keys, high, low)
 
@@ -262,13 +252,11 @@ def precompute_shard(
                     sink.put(batch["__key__"], high.cpu(), low.cpu() if spec.lowres_size else None)
                     report.written += len(batch["__key__"])
                     times.images += len(batch["__key__"])
-                    budget.rebalance(times, sink.written)
                     if on_batch is not None:
                         on_batch(len(batch["__key__"]))
                 ready = time.perf_counter()
         finally:
             sink.close()
-            budget.restore()
         for key in writer.missing():
             # A key in the manifest that the shard no longer yields (e.g. a truncated tar).
             writer.mark_bad(key, "sample missing from the shard")

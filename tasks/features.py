@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -10,6 +11,7 @@ from featup.data.manifest import read_manifest
 from featup.pipeline import precompute_shard
 from featup.store import FeatureSpec, create_feature_store, open_feature_store
 from tasks import models
+from tasks.locks import host_lock
 from tasks.storage import io_retry, storage_options
 
 
@@ -17,8 +19,13 @@ from tasks.storage import io_retry, storage_options
       persist_result=False)
 def create_store(shards: str, store_root: str, *, dataset: str, backbone: str, tap: str | None, upsampler: str,
                  checkpoint: str | None, output_size: tuple[int, int], dtype: str, keep_lowres: bool,
-                 weights: str | None, random_weights: bool, storage_secret: str | None) -> dict[str, Any]:
-    """Create (or reopen, when identical) the zarr store for this (dataset, backbone, upsampler); returns its URL."""
+                 weights: str | None, random_weights: bool, storage_secret: str | None,
+                 lock_dir: str | None = None) -> dict[str, Any]:
+    """Create (or reopen, when identical) the zarr store for this (dataset, backbone, upsampler); returns its URL.
+
+    With ``lock_dir``, runs on this host that meet here create the store one after the other: two
+    creators at once would each clear what the other made.
+    """
     logger = get_run_logger()
     storage = storage_options(storage_secret)
     manifest = read_manifest(shards, storage_options=storage)
@@ -36,7 +43,9 @@ def create_store(shards: str, store_root: str, *, dataset: str, backbone: str, t
         normalization=bb.norm_config, checkpoint_sha256=sha,
         extra={"weights": bb.weights_source or "random", "image_size": [h, w]},
     )
-    store = create_feature_store(store_root, spec, manifest, storage_options=storage)
+    with host_lock(lock_dir, f"store|{store_root}|{spec.dataset}|{spec.backbone}|{spec.upsampler}") if lock_dir \
+            else contextlib.nullcontext():
+        store = create_feature_store(store_root, spec, manifest, storage_options=storage)
     logger.info("feature store %s: %d shards, %d pending\n%s", store.url, store.num_shards,
                 len(store.pending_shards()), store.estimate)
     return {"url": store.url, "pending": store.pending_shards(), "num_shards": store.num_shards,
@@ -48,7 +57,7 @@ def create_store(shards: str, store_root: str, *, dataset: str, backbone: str, t
 def process_shard(store_url: str, shard: int, *, backbone: str, tap: str | None, upsampler: str,
                   checkpoint: str | None, weights: str | None, random_weights: bool, batch_size: int,
                   device: str, amp: str, num_workers: int, storage_secret: str | None, store_version: str = "",
-                  implicit_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                  implicit_options: dict[str, Any] | None = None, model_threads: int | None = None) -> dict[str, Any]:
     """Featurize, upsample and store one shard (skipped when complete); returns its report.
 
     ``store_version`` (when the store was created) only keys the shard's cache record and lock, so a
@@ -60,7 +69,7 @@ def process_shard(store_url: str, shard: int, *, backbone: str, tap: str | None,
     bb = models.backbone(backbone, tap, weights, random_weights=random_weights)
     up = models.upsampler(upsampler, bb, checkpoint, storage, implicit_options)
     report = precompute_shard(store, shard, bb, up, batch_size=batch_size, device=device, amp=amp,
-                              num_workers=num_workers, storage_options=storage)
+                              num_workers=num_workers, model_threads=model_threads, storage_options=storage)
     if report.skipped:
         logger.info("shard %d already complete: skipped", shard)
     else:

@@ -10,9 +10,13 @@ Locks held on other hosts are never broken here; many hosts need a shared lock m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect.locking.filesystem import FileSystemLockManager
@@ -50,3 +54,16 @@ class ProcessAwareLockManager(FileSystemLockManager):
             self._locks.pop(key, None)
             return False
         return super().is_locked(key, use_cache=use_cache)
+
+
+@contextmanager
+def host_lock(lock_dir: str | os.PathLike, name: str) -> Iterator[None]:
+    """Hold this host's lock called ``name`` while in the block; runs meeting on it wait for each other."""
+    manager = ProcessAwareLockManager(lock_files_directory=Path(lock_dir))
+    key = f"featup-{hashlib.sha256(name.encode()).hexdigest()[:32]}"
+    holder = f"{os.getpid()}-{uuid.uuid4().hex}"
+    manager.acquire_lock(key, holder)
+    try:
+        yield
+    finally:
+        manager.release_lock(key, holder)

@@ -24,7 +24,8 @@ def mosaics(tmp_path_factory, dense_backbone):
     spec = FeatureSpec(dataset="mosaics", backbone=dense_backbone.id, upsampler="bilinear",
                        channels=dense_backbone.dim, size=(SIZE, SIZE), dtype="float32")
     store = create_feature_store(str(root / "store"), spec, manifest)
-    precompute_shard(store, 0, dense_backbone, load_upsampler("bilinear"), image_size=(SIZE, SIZE), device="cpu")
+    precompute_shard(store, 0, dense_backbone, load_upsampler("bilinear"), image_size=(SIZE, SIZE), device="cpu",
+                     num_workers=0)  # in-process reading: no loader worker forked from a test process
     read = list(open_shards(str(root / "shards"), size=SIZE))
     return {"store": store.url, "done": read[:3], "pending": read[3:]}
 
