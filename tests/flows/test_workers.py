@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SHARDS, PER_SHARD = 6, 4
+SHARDS, PER_SHARD = 6, 12  # shards long enough (seconds each) that a run starting a little late still gets some
 START_AHEAD_S = 45  # time for both workers to start their flow-run processes (imports take 20 s on a busy machine)
 
 
