@@ -230,7 +230,7 @@ def train_jbu(
         for step in range(start, steps):
             parts.train()
             for group, rate in zip(optimizer.param_groups, rates, strict=True):
-                group["lr"] = rate * 0.5 * (1 + math.cos(math.pi * step / steps)) if lr_decay else rate
+                group["lr"] = _scheduled_lr(rate, step, steps, warmup=0) if lr_decay else rate
             torch.manual_seed(_step_seed(seed, step))
             g = torch.Generator().manual_seed(_step_seed(seed, step))
             indices = _batch_indices(count, batch_size, step, seed)
@@ -413,10 +413,12 @@ def fit_implicit(
         targets = _featurize_views(backbone, source, jitters, featurize_batch, progress)
         mean, components = _pca(targets[:pca_views], model.proj_dim)
         model.set_pca(mean, components)
+        coefficients = model.to_pca(targets)
         # Fit in units of the coefficients' RMS: raw CNN activations reach tens, which would leave the
         # MLP's output layer and the uncertainty net far from their scale at initialisation.
-        model.set_pca(mean, components, model.to_pca(targets[:pca_views]).square().mean().sqrt().clamp_min(1e-6))
-        targets = model.to_pca(targets)
+        unit = coefficients[:pca_views].square().mean().sqrt().clamp_min(1e-6)
+        model.set_pca(mean, components, unit)
+        targets = coefficients / unit
 
         downsampler = _implicit_downsampler(windows, model.proj_dim + 1, stride).to(device)
         scale_net = UncertaintyScale(model.proj_dim).to(device)
