@@ -46,6 +46,7 @@ from featup.losses import (
     random_projection,
     total_variation,
 )
+from featup.pca import principal_directions
 from featup.upsamplers import JBUStack, create_upsampler
 from featup.upsamplers.implicit import ImplicitUpsampler
 
@@ -496,9 +497,5 @@ def _featurize_views(backbone: nn.Module, image: torch.Tensor, jitters: list[Jit
 
 def _pca(features: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (C,) and top-``dim`` principal directions (dim×C, orthonormal rows) of V×C×h×w features' pixels."""
-    pixels = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).double()
-    mean = pixels.mean(0)
-    covariance = (pixels - mean).T @ (pixels - mean) / max(pixels.shape[0] - 1, 1)
-    _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues, deterministic (no random sketch)
-    components = vectors.flip(1)[:, :dim].T
-    return mean.to(features.dtype), components.to(features.dtype).contiguous()
+    mean, components, _ = principal_directions(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]), dim)
+    return mean.to(features.dtype), components.to(features.dtype)

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from featup.pca import principal_directions
+
 __all__ = ["PCABasis", "fit_pca", "pca_rgb", "save_png", "side_by_side"]
 
 
@@ -54,11 +56,8 @@ def fit_pca(maps: Sequence[torch.Tensor], k: int = 3, *, max_samples: int = 50_0
             flat = flat[torch.randperm(flat.shape[0], generator=generator)[:per_map]]
         pixels.append(flat)
     x = torch.cat(pixels)
-    mean = x.mean(0)
-    # Full SVD of the C×C covariance: exact, deterministic, cheap for C up to a few thousand.
-    cov = (x - mean).T @ (x - mean) / max(1, x.shape[0] - 1)
-    eigvals, eigvecs = torch.linalg.eigh(cov.double())
-    components = eigvecs[:, eigvals.argsort(descending=True)[:k]].float()
+    mean, directions, _ = principal_directions(x, k)
+    mean, components = mean.float(), directions.T.float()
     # Fix each component's sign so colours do not flip between runs.
     components = components * torch.sign(components.sum(0, keepdim=True) + 1e-12)
     coords = (x - mean) @ components

@@ -6,7 +6,9 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+import torch
 
+from featup.pca import principal_directions
 from featup.store.encoding import as_array
 
 
@@ -41,21 +43,16 @@ class PCABasis:
 
 def fit_pca(features: Any, k: int, *, max_pixels: int = 200_000, seed: int = 0) -> PCABasis:
     """Fit a k-component basis to B×C×H×W (or M×C) features, on at most ``max_pixels`` pixels drawn with ``seed``."""
-    f = as_array(features).astype(np.float64)
+    f = as_array(features)
     if f.ndim == 4:
         f = f.transpose(0, 2, 3, 1).reshape(-1, f.shape[1])
     if f.ndim != 2:
         raise ValueError(f"features must be B×C×H×W or M×C, got shape {f.shape}")
-    if not 1 <= k <= f.shape[1]:
-        raise ValueError(f"k must lie in 1..{f.shape[1]} (the channel count), got {k}")
     if f.shape[0] > max_pixels:
         f = f[np.random.default_rng(seed).choice(f.shape[0], max_pixels, replace=False)]
-    mean = f.mean(0)
-    centred = f - mean
-    variance, vectors = np.linalg.eigh(centred.T @ centred / max(len(f) - 1, 1))
-    top = np.argsort(variance)[::-1][:k]
+    mean, components, share = principal_directions(torch.from_numpy(np.ascontiguousarray(f)), k)
     return PCABasis(
-        mean=mean.astype(np.float32),
-        components=np.ascontiguousarray(vectors[:, top].T, dtype=np.float32),
-        explained_variance_ratio=(variance[top] / max(variance.sum(), 1e-12)).astype(np.float32),
+        mean=mean.numpy().astype(np.float32),
+        components=np.ascontiguousarray(components.numpy(), dtype=np.float32),
+        explained_variance_ratio=share.numpy().astype(np.float32),
     )
