@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +13,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.features import create_store, process_shard
-from tasks.locks import ProcessAwareLockManager
+from tasks.locks import ProcessAwareLockManager, lock_key
 from tasks.storage import storage_options
 
 Upsampler = Literal["jbu", "implicit", "bilinear", "resize_conv"]
@@ -24,8 +23,7 @@ DEFAULT_LOCK_DIR = os.path.join(Path.home(), ".prefect", "featup-shard-locks")
 def _shard_key(context, parameters: dict[str, Any]) -> str:
     # One record per (store as created, shard): runs that meet on a shard wait for each other and the later one
     # reuses the earlier one's report, so no shard is processed twice, whichever worker holds it.
-    ident = f"{parameters['store_url']}|{parameters['store_version']}|{parameters['shard']}".encode()
-    return f"featup-shard-{hashlib.sha256(ident).hexdigest()[:32]}"
+    return lock_key("shard", parameters["store_url"], parameters["store_version"], parameters["shard"])
 
 
 def _shard_policy(lock_dir: str):

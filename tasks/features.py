@@ -43,7 +43,7 @@ def create_store(shards: str, store_root: str, *, dataset: str, backbone: str, t
         normalization=bb.norm_config, checkpoint_sha256=sha,
         extra={"weights": bb.weights_source or "random", "image_size": [h, w]},
     )
-    with host_lock(lock_dir, f"store|{store_root}|{spec.dataset}|{spec.backbone}|{spec.upsampler}") if lock_dir \
+    with host_lock(lock_dir, "store", store_root, spec.dataset, spec.backbone, spec.upsampler) if lock_dir \
             else contextlib.nullcontext():
         store = create_feature_store(store_root, spec, manifest, storage_options=storage)
     logger.info("feature store %s: %d shards, %d pending\n%s", store.url, store.num_shards,

@@ -56,11 +56,16 @@ class ProcessAwareLockManager(FileSystemLockManager):
         return super().is_locked(key, use_cache=use_cache)
 
 
+def lock_key(*parts: object) -> str:
+    """A lock (and cache) key for what ``parts`` identify, short and safe as a file name whatever URLs they hold."""
+    return f"featup-{hashlib.sha256('|'.join(map(str, parts)).encode()).hexdigest()[:32]}"
+
+
 @contextmanager
-def host_lock(lock_dir: str | os.PathLike, name: str) -> Iterator[None]:
-    """Hold this host's lock called ``name`` while in the block; runs meeting on it wait for each other."""
+def host_lock(lock_dir: str | os.PathLike, *name: object) -> Iterator[None]:
+    """Hold this host's lock on what ``name`` identifies while in the block; runs meeting on it wait for each other."""
     manager = ProcessAwareLockManager(lock_files_directory=Path(lock_dir))
-    key = f"featup-{hashlib.sha256(name.encode()).hexdigest()[:32]}"
+    key = lock_key(*name)
     holder = f"{os.getpid()}-{uuid.uuid4().hex}"
     manager.acquire_lock(key, holder)
     try:
