@@ -125,7 +125,7 @@ def test_wide_features_train_through_their_projections_with_the_same_values():
 
     from featup.downsamplers import AttentionDownsampler
     from featup.losses import random_projection
-    from featup.training import _upsampled_views
+    from featup.training.jbu import _upsampled_views
     from featup.upsamplers import JBUStack
 
     torch.manual_seed(0)

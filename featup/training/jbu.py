@@ -1,31 +1,9 @@
-"""Training FeatUp's upsamplers by multi-view consistency: the JBU stack over a dataset, the implicit model per image.
-
-Both loops jitter the image, run the frozen backbone on every view, jitter the high-res features the
-same way, pool them with a learned downsampler onto the backbone's grid and score them against the
-view's features with the uncertainty-weighted Gaussian likelihood (``featup.losses``).
-
-Speed, without changing the objective:
-
-- every linear step after the upsampler (projection, jitter, blur, attention pooling) commutes with
-  the others, so features are projected to the loss's random 30-d subspaces BEFORE jittering and
-  pooling, and the attention downsampler's saliency logits (computed once from the full features)
-  are jittered alongside: a 384-channel backbone's views cost what 31 channels cost;
-- all views of a step go through the backbone, the jitter (one ``grid_sample``) and the downsampler
-  as one batch, and the upsampler runs once per step rather than once per view;
-- implicit fitting featurises a pool of jittered views once and draws batches from it; its default
-  recipe takes fewer steps at a higher learning rate with a cosine decay (docs/benchmarks.md has the
-  comparison with the published one); on a GPU both loops run under bfloat16 autocast.
-
-Every random draw comes from ``seed``: a step's draws (batch, jitters, projections, dropout) depend only
-on ``(seed, step)``, so a resumed run continues exactly as an uninterrupted one would.
-"""
+"""Training a JBU stack for a frozen backbone over a dataset of images, resumable from its checkpoint."""
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -35,54 +13,25 @@ from tqdm.auto import tqdm
 
 from featup.checkpoints import load_checkpoint, save_checkpoint
 from featup.downsamplers import AttentionDownsampler, SimpleDownsampler
-from featup.jitter import Jitter, apply_jitter, sample_jitter
-from featup.losses import (
-    UncertaintyScale,
-    blur_pin_loss,
-    gaussian_nll,
-    magnitude,
-    magnitude_loss,
-    project,
-    random_projection,
-    total_variation,
+from featup.jitter import apply_jitter, sample_jitter
+from featup.losses import UncertaintyScale, gaussian_nll, project, random_projection
+from featup.training._common import (
+    LogFn,
+    check_backbone,
+    device_of,
+    gpu_autocast,
+    pool_views,
+    scheduled_lr,
+    step_seed,
 )
-from featup.pca import principal_directions
 from featup.upsamplers import JBUStack, create_upsampler
-from featup.upsamplers.implicit import ImplicitUpsampler
 
-__all__ = ["fit_implicit", "training_state_path", "train_jbu"]
-
-LogFn = Callable[[dict[str, float]], None]
+__all__ = ["train_jbu", "training_state_path"]
 
 
 def training_state_path(checkpoint: str | os.PathLike) -> str:
     """Where ``train_jbu`` keeps the resumable state (optimizer, downsampler, step) beside ``checkpoint``."""
     return f"{os.fspath(checkpoint)}.state"
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    for tensor in (*module.parameters(), *module.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _step_seed(seed: int, step: int) -> int:
-    # Distinct, reproducible streams per (seed, step); 2**61 - 1 is prime, keeping seeds in int64 range.
-    return (seed * 1_000_003 + step * 7919 + 17) % (2**61 - 1)
-
-
-def _autocast(device: torch.device):
-    # bfloat16 on GPUs only: CPU autocast slows these element-wise-heavy graphs down.
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def _check_backbone(backbone: nn.Module) -> None:
-    missing = [name for name in ("normalize", "stride", "dim", "name") if not hasattr(backbone, name)]
-    if missing:
-        raise TypeError(f"backbone lacks {missing}; pass a featup backbone (featup.backbones.load_backbone) or a "
-                        "module with .normalize, .stride, .dim and .name")
 
 
 def _square_image(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -107,14 +56,6 @@ def _make_downsampler(kind: str, dim: int, kernel_size: int, stride: int) -> nn.
     if kind == "simple":
         return SimpleDownsampler(kernel_size, stride)
     raise ValueError(f"unknown downsampler {kind!r}; choose 'attention' or 'simple'")
-
-
-def _pool_views(downsampler: nn.Module, values: torch.Tensor, saliency: torch.Tensor | None,
-                jitters: Sequence[Jitter], grid: tuple[int, int]) -> torch.Tensor:
-    """Jitter per-view values (and the saliency logits) and pool them onto the backbone's grid."""
-    if saliency is None:
-        return downsampler(apply_jitter(values, jitters), grid)
-    return downsampler(apply_jitter(values, jitters), grid, saliency=apply_jitter(saliency, jitters))
 
 
 class _Tensors(nn.Module):
@@ -187,7 +128,7 @@ def train_jbu(
     (load it with ``featup.upsamplers.load_upsampler("jbu", checkpoint=...)``), and the state to resume
     from beside it (``training_state_path``); ``resume=True`` continues from that state when it exists.
     """
-    _check_backbone(backbone)
+    check_backbone(backbone)
     count = len(images)
     if count == 0 or steps < 0 or batch_size < 1 or num_jitters < 1:
         raise ValueError(f"got {count} images, steps={steps}, batch_size={batch_size}, num_jitters={num_jitters}; "
@@ -198,7 +139,7 @@ def train_jbu(
                          f"use {image_size // stride * stride} or {(image_size // stride + 1) * stride}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=<path or URL> to resume from")
-    device = _device_of(backbone)
+    device = device_of(backbone)
     grid = (image_size // stride, image_size // stride)
     backbone.eval()
     config = {"backbone": getattr(backbone, "id", backbone.name), "image_size": image_size, "batch_size": batch_size,
@@ -231,9 +172,9 @@ def train_jbu(
         for step in range(start, steps):
             parts.train()
             for group, rate in zip(optimizer.param_groups, rates, strict=True):
-                group["lr"] = _scheduled_lr(rate, step, steps, warmup=0) if lr_decay else rate
-            torch.manual_seed(_step_seed(seed, step))
-            g = torch.Generator().manual_seed(_step_seed(seed, step))
+                group["lr"] = scheduled_lr(rate, step, steps, warmup=0) if lr_decay else rate
+            torch.manual_seed(step_seed(seed, step))
+            g = torch.Generator().manual_seed(step_seed(seed, step))
             indices = _batch_indices(count, batch_size, step, seed)
             batch = torch.stack([_square_image(images[i], image_size) for i in indices.tolist()]).to(device)
             jitters = [sample_jitter(image_size, image_size, max_pad, max_zoom, g)
@@ -241,7 +182,7 @@ def train_jbu(
             views = apply_jitter(batch.repeat_interleave(num_jitters, 0), jitters)
             dim = backbone.dim
             projection = random_projection(len(jitters), dim, min(projection_dim, dim), generator=g, device=device)
-            with torch.no_grad(), _autocast(device):
+            with torch.no_grad(), gpu_autocast(device):
                 features = backbone(backbone.normalize(batch)).float()
                 targets = backbone(backbone.normalize(views)).float()
                 # The loss sees features in units of their RMS, so the uncertainty net and the saliency are
@@ -249,9 +190,9 @@ def train_jbu(
                 # upsampler itself still maps raw features to raw features.
                 unit = features.square().mean().sqrt().clamp_min(1e-6)
                 targets = targets / unit
-            with _autocast(device):
+            with gpu_autocast(device):
                 values, saliency = _upsampled_views(parts, features, batch, projection, num_jitters, unit)
-                pooled = _pool_views(parts["downsampler"], values, saliency, jitters, grid)
+                pooled = pool_views(parts["downsampler"], values, saliency, jitters, grid)
             scale = parts["scale"](targets)
             goal = project(targets, projection)
             loss = gaussian_nll(pooled.float(), goal, scale)
@@ -312,7 +253,7 @@ def _batch_indices(count: int, batch_size: int, step: int, seed: int) -> torch.T
     """Indices of a step's batch: epochs are seeded permutations, so any step's batch is known without replay."""
     per_epoch = max(1, count // batch_size)
     epoch, offset = divmod(step, per_epoch)
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(_step_seed(seed, -1 - epoch)))
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(step_seed(seed, -1 - epoch)))
     if count < batch_size:
         return order.repeat((batch_size + count - 1) // count)[:batch_size]
     return order[offset * batch_size:(offset + 1) * batch_size]
@@ -343,159 +284,3 @@ def _resume(checkpoint: str | os.PathLike, config: dict, parts: nn.ModuleDict, o
                          "pass the same settings, or another checkpoint path to start afresh")
     _restore_training_state(tensors, metadata["param_groups"], parts, optimizer)
     return int(metadata["step"]), [dict(r) for r in metadata["history"]]
-
-
-def fit_implicit(
-    image: torch.Tensor,
-    backbone: nn.Module,
-    *,
-    steps: int = 200,
-    views: int = 256,
-    views_per_step: int = 10,
-    lr: float = 2e-2,
-    warmup_steps: int = 20,
-    max_pad: int = 30,
-    max_zoom: float = 1.8,
-    proj_dim: int = 128,
-    projection_dim: int | None = None,
-    pca_views: int = 50,
-    magnitude_weight: float = 0.001,
-    tv_weight: float = 0.05,
-    blur_pin_weight: float = 0.1,
-    lr_decay: bool = True,
-    windows: str = "centred",
-    featurize_batch: int = 64,
-    seed: int = 0,
-    progress: bool = True,
-    log: LogFn | None = None,
-) -> ImplicitUpsampler:
-    """Fit an implicit upsampler to one 3×H×W (or 1×3×H×W) image in 0..1 for a frozen backbone.
-
-    Objective as published: uncertainty-weighted likelihood in a ``proj_dim``-d PCA space of the
-    features (fitted on the first ``pca_views`` views), attention downsampler with overlapping windows,
-    plus 0.001·magnitude + 0.05·TV of the magnitude map + 0.1·blur-pin. ``projection_dim`` compares
-    prediction and target through random per-view projections (cheaper for the 128-d space).
-
-    Recipe: the published one is ``steps=1200, views=3000, lr=2e-3, lr_decay=False,
-    windows="published"`` (about a minute per image on an A100). featup's default featurises a pool
-    of 256 jittered views once and takes 200 steps at a 10× higher peak rate (20-step warm-up, cosine
-    decay), with windows centred on the backbone's patches (``"centred"``: stride = patch, width
-    2·patch − 2) instead of the published layout (width 2·patch − 3 at stride patch − 1, whose centres
-    drift up to 6.5 px off the patches at 224 px). ``bench/synthetic.py --recipes`` runs the two recipes
-    side by side on the synthetic task (quality, training MSE and time per image). Fitting happens in units
-    of the PCA coefficients' RMS, so the MLP and the uncertainty net start near their targets' scale.
-    """
-    _check_backbone(backbone)
-    if image.ndim == 3:
-        image = image[None]
-    if image.ndim != 4 or image.shape[:2] != (1, 3) or not image.is_floating_point():
-        raise ValueError(f"expected one 3×H×W float image in 0..1, got {image.dtype} {tuple(image.shape)}")
-    stride = backbone.stride
-    h, w = image.shape[-2:]
-    if h % stride or w % stride:
-        raise ValueError(f"image size {h}×{w} is not divisible by the backbone's stride {stride}; resize it first "
-                         "(featup.backbones.resize_to_stride)")
-    if windows not in ("centred", "published"):
-        raise ValueError(f"unknown windows {windows!r}; choose 'centred' or 'published'")
-    if steps < 0 or views < 1 or views_per_step < 1:
-        raise ValueError(f"got steps={steps}, views={views}, views_per_step={views_per_step}; expected steps >= 0 "
-                         "and at least one view")
-    device = _device_of(backbone)
-    grid = (h // stride, w // stride)
-    backbone.eval()
-    g = torch.Generator().manual_seed(seed)
-
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        model = ImplicitUpsampler(backbone.dim, (h, w), proj_dim=proj_dim).to(device)
-        model.set_image(image.to(device))
-        source = model.fitted_image()
-        jitters = [sample_jitter(h, w, max_pad, max_zoom, g) for _ in range(views)]
-        targets = _featurize_views(backbone, source, jitters, featurize_batch, progress)
-        mean, components = _pca(targets[:pca_views], model.proj_dim)
-        model.set_pca(mean, components)
-        coefficients = model.to_pca(targets)
-        # Fit in units of the coefficients' RMS: raw CNN activations reach tens, which would leave the
-        # MLP's output layer and the uncertainty net far from their scale at initialisation.
-        unit = coefficients[:pca_views].square().mean().sqrt().clamp_min(1e-6)
-        model.set_pca(mean, components, unit)
-        targets = coefficients / unit
-
-        downsampler = _implicit_downsampler(windows, model.proj_dim + 1, stride).to(device)
-        scale_net = UncertaintyScale(model.proj_dim).to(device)
-        params = [*model.parameters(), *downsampler.parameters(), *scale_net.parameters()]
-        optimizer = torch.optim.NAdam(params, lr=lr)
-
-        for step in tqdm(range(steps), desc="implicit fit", disable=not progress):
-            if lr_decay:
-                for group in optimizer.param_groups:
-                    group["lr"] = _scheduled_lr(lr, step, steps, warmup_steps)
-            model.train()
-            downsampler.train()
-            idx = torch.randint(views, (views_per_step,), generator=g)
-            target = targets[idx.to(device)]
-            projection = None
-            if projection_dim is not None and projection_dim < model.proj_dim:
-                projection = random_projection(views_per_step, model.proj_dim, projection_dim, generator=g,
-                                               device=device)
-            with _autocast(device):
-                hr = model.render()
-                hr_mag = magnitude(hr.float())
-                both = torch.cat([hr_mag, hr.float()], 1)
-                saliency = downsampler.saliency_logits(both)
-                if projection is None:
-                    values = both
-                else:
-                    values = torch.cat([hr_mag.expand(views_per_step, -1, -1, -1),
-                                        torch.einsum("chw,ncd->ndhw", hr[0].float(), projection)], 1)
-                    saliency = saliency.expand(views_per_step, -1, -1, -1)
-                pooled = _pool_views(downsampler, values, saliency, [jitters[i] for i in idx.tolist()], grid)
-            pooled = pooled.float()
-            scale = scale_net(target)
-            goal = target if projection is None else project(target, projection)
-            reconstruction = gaussian_nll(pooled[:, 1:], goal, scale)
-            loss = (reconstruction + magnitude_weight * magnitude_loss(pooled[:, :1], target)
-                    + tv_weight * total_variation(hr_mag) + blur_pin_weight * blur_pin_loss(hr.float()))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-            if log is not None:
-                mse = (pooled[:, 1:].detach() - goal).square().mean()
-                log({"step": step + 1, "loss": loss.item(), "reconstruction": reconstruction.item(),
-                     "mse": mse.item(), "scale": scale.mean().item()})
-    model.upsampler_cfg = {"upsampler": "implicit", "dim": backbone.dim, "backbone": backbone.name}
-    return model.eval()
-
-
-def _scheduled_lr(peak: float, step: int, steps: int, warmup: int) -> float:
-    """Learning rate at ``step`` of ``steps``: linear warm-up to ``peak`` over ``warmup`` steps, then a cosine to 0."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
-
-
-def _implicit_downsampler(windows: str, dim: int, stride: int) -> AttentionDownsampler:
-    """Overlapping attention windows about two patches wide: the published layout, or one centred on the patches."""
-    if windows == "published":
-        # 29 px at stride 15 for patch 16: tiles 224 px exactly, window centres drift up to 6.5 px off the patches'.
-        return AttentionDownsampler(dim, max(2 * stride - 3, 1), max(stride - 1, 1))
-    padding = max(stride // 2 - 1, 0)
-    return AttentionDownsampler(dim, stride + 2 * padding, stride, padding=padding)
-
-
-def _featurize_views(backbone: nn.Module, image: torch.Tensor, jitters: list[Jitter], batch: int,
-                     progress: bool) -> torch.Tensor:
-    """Backbone features V×C×h×w of every jittered view of a 1×3×H×W image, in batches, without gradients."""
-    out = []
-    with torch.no_grad(), _autocast(image.device):
-        for start in tqdm(range(0, len(jitters), batch), desc="featurize views", disable=not progress):
-            views = apply_jitter(image, jitters[start:start + batch])
-            out.append(backbone(backbone.normalize(views)).float())
-    return torch.cat(out)
-
-
-def _pca(features: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (C,) and top-``dim`` principal directions (dim×C, orthonormal rows) of V×C×h×w features' pixels."""
-    mean, components, _ = principal_directions(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]), dim)
-    return mean.to(features.dtype), components.to(features.dtype)
