@@ -25,6 +25,12 @@ from featup.eval.seg_probe import (
     fit_seg_probe,
     predict_segmentation,
 )
+from featup.eval.sharpness import (
+    edge_concentration,
+    image_edges,
+    label_boundaries,
+    pooled_cosine,
+)
 from featup.eval.stored import StoredFeatures
 
 __all__ = [
@@ -42,14 +48,18 @@ __all__ = [
     "confusion_matrix",
     "depth_errors",
     "edge_alignment",
+    "edge_concentration",
     "evaluate_cams",
     "evaluate_depth_probe",
     "evaluate_seg_probe",
     "explain",
     "fit_depth_probe",
     "fit_seg_probe",
+    "image_edges",
+    "label_boundaries",
     "markdown_table",
     "normalize_cam",
+    "pooled_cosine",
     "predict_depth",
     "predict_segmentation",
     "segmentation_scores",

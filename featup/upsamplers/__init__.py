@@ -1,8 +1,8 @@
 """Upsamplers behind one interface, ``forward(features, image, output_size=None)``, over a registry.
 
 ``create_upsampler(name, dim=...)`` builds an untrained one, ``load_upsampler(name, backbone=...,
-checkpoint=...)`` a trained one, ``list_upsamplers()`` names them all: ``bilinear``, ``resize_conv``,
-``jbu`` and, where its module is present, ``implicit`` (registered by ``featup.upsamplers.implicit``
+checkpoint=...)`` a trained one, ``list_upsamplers()`` names them all: ``bilinear``, ``bilateral`` (the
+classical joint bilateral filter, untrained), ``resize_conv``, ``jbu`` and, where its module is present, ``implicit`` (registered by ``featup.upsamplers.implicit``
 on first use of the registry).
 """
 
@@ -13,6 +13,7 @@ from featup.upsamplers._registry import (
     register_upsampler,
     shipped_checkpoint,
 )
+from featup.upsamplers.bilateral import JointBilateral
 from featup.upsamplers.bilinear import Bilinear
 from featup.upsamplers.jbu import JBULayer, JBUStack
 from featup.upsamplers.resize_conv import ResizeConv
@@ -21,6 +22,7 @@ __all__ = [
     "Bilinear",
     "JBULayer",
     "JBUStack",
+    "JointBilateral",
     "ResizeConv",
     "create_upsampler",
     "list_upsamplers",

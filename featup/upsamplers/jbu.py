@@ -15,6 +15,22 @@ gives the published 28, 56, 112, 224; a 16×16 grid (DINOv2-14) or a 7×7 one (s
 radius + 1 pixels (reflect padding needs it). Stage k is guided by the ImageNet-normalised image (what
 the published checkpoints expect) average-pooled to the stage size, or bilinearly resized where the
 stage is larger than the image.
+
+Two departures from the published layer, both optional and both loading the same state dict:
+
+- ``range_kernel="distance"`` scores taps by ``−τ/2·‖q(x+Δp) − q(x)‖²`` instead of ``τ·⟨q(x+Δp), q(x)⟩``.
+  Under the softmax over taps the two differ by ``τ/2·‖q(x+Δp)‖²``, a bonus for keys of large norm
+  that has nothing to do with similarity: with it a pixel borrows from its brightest neighbours, and the
+  only way for training to stop that is to shrink the keys until every tap weighs the same (the
+  published stack trained here did exactly that: range entropy 3.85–3.89 nats of a uniform 3.89).
+  The distance kernel is the classical joint bilateral filter in a learned colour space.
+- ``init_bilateral`` sets the weights so that, in eval mode, the stack IS the classical joint bilateral
+  upsampler (``featup.upsamplers.bilateral``): keys are the image's colours over the colour sigma, the
+  fixups start at zero. Training then starts from an upsampler that already follows edges.
+
+The stack's final 1×1 fixup is applied to the low-resolution features before the layers: the layers are
+linear and treat every channel alike, so the result is the same (its Dropout2d mask included) at
+``grid`` pixels instead of ``output`` pixels.
 """
 
 from __future__ import annotations
@@ -30,17 +46,61 @@ from featup.ops import adaptive_conv
 from featup.upsamplers._inputs import check_features_and_image, resolve_output_size
 from featup.upsamplers._registry import register_upsampler
 
-__all__ = ["JBULayer", "JBUStack"]
+__all__ = ["JBULayer", "JBUStack", "guidance_at", "spatial_logits", "stage_sizes"]
+
+RANGE_KERNELS = ("dot", "distance")
+
+
+def stage_sizes(grid: Sequence[int], output_size: Sequence[int], num_layers: int, radius: int) -> list[tuple[int, int]]:
+    """Output size of each of ``num_layers`` stages: geometric growth from ``grid`` to exactly ``output_size``."""
+    if min(output_size) <= radius:
+        raise ValueError(f"got output_size {tuple(output_size)}, expected both sides larger than the JBU radius {radius}")
+    n = num_layers
+    sizes = [
+        tuple(max(radius + 1, round(g * (o / g) ** (k / n))) for g, o in zip(grid, output_size, strict=True))
+        for k in range(1, n)
+    ]
+    return [*sizes, (int(output_size[0]), int(output_size[1]))]
+
+
+def spatial_logits(diameter: int, sigma: torch.Tensor | float, *, device=None, dtype=None) -> torch.Tensor:
+    """``−‖Δoffset‖² / (2σ²)`` over the d×d taps, offsets in linspace(−1, 1, d): d² values, tap p = i·d + j."""
+    sigma = torch.as_tensor(sigma, device=device, dtype=dtype)
+    offsets = torch.linspace(-1, 1, diameter, device=sigma.device, dtype=sigma.dtype)
+    squared_distance = offsets[:, None].square() + offsets[None, :].square()
+    return (-squared_distance / (2 * sigma**2)).reshape(-1)
+
+
+def neighbour_products(queries: torch.Tensor, radius: int) -> torch.Tensor:
+    """``⟨q(x+Δp), q(x)⟩`` for every tap of the (2r+1)² window (reflect border): B×C×H×W → B×d²×H×W."""
+    height, width = queries.shape[-2:]
+    d = 2 * radius + 1
+    keys = F.pad(queries, [radius] * 4, mode="reflect")
+    # One tap at a time: unfolding the keys would hold a B×C·d²×H×W tensor.
+    return torch.stack(
+        [(keys[:, :, i : i + height, j : j + width] * queries).sum(1) for i in range(d) for j in range(d)], dim=1
+    )
+
+
+def neighbour_values(values: torch.Tensor, radius: int) -> torch.Tensor:
+    """``v(x+Δp)`` for every tap of the window (reflect border) of a B×1×H×W map: B×d²×H×W."""
+    height, width = values.shape[-2:]
+    d = 2 * radius + 1
+    padded = F.pad(values, [radius] * 4, mode="reflect")
+    return torch.cat([padded[:, :, i : i + height, j : j + width] for i in range(d) for j in range(d)], dim=1)
 
 
 class JBULayer(nn.Module):
     """One learned joint bilateral upsampling layer: source B×C×h×w, guidance B×g×H×W → B×C×H×W."""
 
-    def __init__(self, guidance_dim: int = 3, key_dim: int = 32, radius: int = 3):
+    def __init__(self, guidance_dim: int = 3, key_dim: int = 32, radius: int = 3, range_kernel: str = "dot"):
         super().__init__()
         if radius < 1:
             raise ValueError(f"got radius={radius}, expected at least 1")
+        if range_kernel not in RANGE_KERNELS:
+            raise ValueError(f"got range_kernel={range_kernel!r}, expected one of {', '.join(RANGE_KERNELS)}")
         self.radius = radius
+        self.range_mode = range_kernel
         self.diameter = 2 * radius + 1
         taps = self.diameter**2
         self.range_temp = nn.Parameter(torch.tensor(0.0))
@@ -58,32 +118,59 @@ class JBULayer(nn.Module):
         )
         self.sigma_spatial = nn.Parameter(torch.tensor(1.0))
 
-    def range_kernel(self, guidance: torch.Tensor) -> torch.Tensor:
-        """Softmax over the d² taps of the temperature-scaled key/query products: B×d²×H×W."""
-        height, width = guidance.shape[-2:]
-        d, r = self.diameter, self.radius
+    def range_logits(self, guidance: torch.Tensor) -> torch.Tensor:
+        """Temperature-scaled similarity of each tap's key to the pixel's query: B×d²×H×W."""
         queries = self.range_proj(guidance)
-        keys = F.pad(queries, [r, r, r, r], mode="reflect")
-        # One tap at a time: unfolding the keys would hold a B×key_dim·d²×H×W tensor.
-        logits = torch.stack(
-            [(keys[:, :, i : i + height, j : j + width] * queries).sum(1) for i in range(d) for j in range(d)],
-            dim=1,
-        )
-        temperature = self.range_temp.exp().clamp(1e-4, 1e4)
-        return F.softmax(temperature * logits, dim=1)
+        logits = neighbour_products(queries, self.radius)
+        if self.range_mode == "distance":
+            # −‖k − q‖²/2 = ⟨k, q⟩ − ‖k‖²/2 − ‖q‖²/2, and the last term is the same for every tap.
+            logits = logits - 0.5 * neighbour_values(queries.square().sum(1, keepdim=True), self.radius)
+        return self.range_temp.exp().clamp(1e-4, 1e4) * logits
+
+    def range_kernel(self, guidance: torch.Tensor) -> torch.Tensor:
+        """Softmax over the d² taps of the range logits: B×d²×H×W."""
+        return F.softmax(self.range_logits(guidance), dim=1)
 
     def spatial_kernel(self) -> torch.Tensor:
         """Gaussian of the tap offsets over linspace(-1, 1, d) in both axes: 1×d²×1×1."""
-        sigma = self.sigma_spatial
-        offsets = torch.linspace(-1, 1, self.diameter, device=sigma.device, dtype=sigma.dtype)
-        squared_distance = offsets[:, None].square() + offsets[None, :].square()
-        return torch.exp(-squared_distance / (2 * sigma**2)).reshape(1, -1, 1, 1)
+        return spatial_logits(self.diameter, self.sigma_spatial).exp().reshape(1, -1, 1, 1)
 
     def filters(self, guidance: torch.Tensor) -> torch.Tensor:
         """The per-pixel d×d filters this layer applies, tap p = i·d + j: B×d²×H×W (signed after the fixup)."""
-        kernel = self.range_kernel(guidance) * self.spatial_kernel()
-        kernel = kernel / kernel.sum(1, keepdim=True).clamp(1e-7)
+        # softmax(range)·spatial / Σ is one softmax of range + log spatial: fewer passes over B×d²×H×W.
+        kernel = F.softmax(self.range_logits(guidance) + spatial_logits(self.diameter, self.sigma_spatial)[:, None, None],
+                           dim=1)
         return kernel + 0.1 * self.fixup_proj(torch.cat([kernel, guidance], dim=1))
+
+    @torch.no_grad()
+    def init_bilateral(self, colour_sigma: float, spatial_sigma: float, guidance_std: Sequence[float]) -> None:
+        """Make this layer (in eval mode, with ``range_kernel="distance"``) the classical joint bilateral filter.
+
+        The guidance is ``(rgb − mean) / guidance_std``; the keys become ``(rgb − mean) / colour_sigma`` through
+        the MLP's exact identity ``GELU(h) − GELU(−h) = h``, the temperature 1, the fixup zero. The unused key
+        units start small and random so that training can grow them.
+        """
+        if self.range_mode != "distance":
+            raise ValueError("init_bilateral needs range_kernel='distance': the dot-product kernel cannot express it")
+        first, _, _, second = self.range_proj
+        g = first.in_channels
+        if len(guidance_std) != g or first.out_channels < 2 * g or second.out_channels < g:
+            raise ValueError(f"init_bilateral needs {g} guidance stds and key_dim >= {2 * g}")
+        for conv in (first, second):
+            conv.weight.mul_(0.1)
+            conv.bias.zero_()
+        scale = torch.tensor([s / colour_sigma for s in guidance_std])
+        first.weight[: 2 * g] = 0
+        first.weight[:g, :, 0, 0] = torch.diag(scale)
+        first.weight[g : 2 * g, :, 0, 0] = -torch.diag(scale)
+        second.weight[:g] = 0
+        second.weight[:, : 2 * g] = 0
+        second.weight[:g, :g, 0, 0] = torch.eye(g)
+        second.weight[:g, g : 2 * g, 0, 0] = -torch.eye(g)
+        self.range_temp.zero_()
+        self.sigma_spatial.fill_(spatial_sigma)
+        self.fixup_proj[-1].weight.zero_()
+        self.fixup_proj[-1].bias.zero_()
 
     def forward(self, source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         """Upsample ``source`` to the guidance's size, filtered by kernels computed from ``guidance``."""
@@ -105,7 +192,8 @@ class JBULayer(nn.Module):
 class JBUStack(nn.Module):
     """FeatUp's JBU upsampler: ``num_layers`` JBU layers reaching any output size, then a 1×1 residual fixup."""
 
-    def __init__(self, dim: int, num_layers: int = 4, *, key_dim: int = 32, radius: int = 3):
+    def __init__(self, dim: int, num_layers: int = 4, *, key_dim: int = 32, radius: int = 3,
+                 range_kernel: str = "dot"):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"got num_layers={num_layers}, expected at least 1")
@@ -113,7 +201,7 @@ class JBUStack(nn.Module):
         self.num_layers = num_layers
         self.radius = radius
         for k in range(1, num_layers + 1):
-            self.add_module(f"up{k}", JBULayer(3, key_dim, radius))
+            self.add_module(f"up{k}", JBULayer(3, key_dim, radius, range_kernel))
         self.fixup_proj = nn.Sequential(nn.Dropout2d(0.2), nn.Conv2d(dim, dim, 1))
         self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
 
@@ -124,16 +212,19 @@ class JBUStack(nn.Module):
 
     def stage_sizes(self, grid: Sequence[int], output_size: Sequence[int]) -> list[tuple[int, int]]:
         """Output size of each layer: geometric growth from ``grid`` to exactly ``output_size``."""
-        if min(output_size) <= self.radius:
-            raise ValueError(
-                f"got output_size {tuple(output_size)}, expected both sides larger than the JBU radius {self.radius}"
-            )
-        n = self.num_layers
-        sizes = [
-            tuple(max(self.radius + 1, round(g * (o / g) ** (k / n))) for g, o in zip(grid, output_size, strict=True))
-            for k in range(1, n)
-        ]
-        return [*sizes, (int(output_size[0]), int(output_size[1]))]
+        return stage_sizes(grid, output_size, self.num_layers, self.radius)
+
+    @torch.no_grad()
+    def init_bilateral(self, colour_sigma: float = 0.05, spatial_sigma: float = 0.35) -> None:
+        """Start as the classical joint bilateral upsampler (eval mode): every layer bilateral, the fixup zero.
+
+        ``colour_sigma`` is in units of the 0..1 image, ``spatial_sigma`` in those of the window offsets
+        (linspace(−1, 1, d)); the defaults are ``featup.upsamplers.bilateral``'s.
+        """
+        for layer in self.layers:
+            layer.init_bilateral(colour_sigma, spatial_sigma, IMAGENET_STD)
+        self.fixup_proj[1].weight.zero_()
+        self.fixup_proj[1].bias.zero_()
 
     def forward(
         self, features: torch.Tensor, image: torch.Tensor, output_size: int | Sequence[int] | None = None
@@ -145,8 +236,11 @@ class JBUStack(nn.Module):
                 f"got features with {features.shape[1]} channels, expected {self.dim} (the dim this JBUStack was "
                 "built for)"
             )
-        out = self._run_layers(features, image, output_size)
-        return out + 0.1 * self.fixup_proj(out)
+        dropout, conv = self.fixup_proj
+        # out + 0.1·(W·drop(out) + b) with out = layers(x) equals layers(x + 0.1·W·drop(x)) + 0.1·b: the
+        # layers are linear and the same for every channel, so the 1×1 fixup runs on the low-res grid.
+        fixed = features + 0.1 * F.conv2d(dropout(features), conv.weight)
+        return self._run_layers(fixed, image, output_size) + 0.1 * conv.bias[:, None, None].to(features.dtype)
 
     def _run_layers(self, features: torch.Tensor, image: torch.Tensor,
                     output_size: int | Sequence[int] | None) -> torch.Tensor:
@@ -154,7 +248,7 @@ class JBUStack(nn.Module):
         guidance = self.normalize(image.to(features.dtype))
         out = features
         for layer, stage_size in zip(self.layers, self.stage_sizes(features.shape[-2:], size), strict=True):
-            out = layer(out, _guidance_at(guidance, stage_size))
+            out = layer(out, guidance_at(guidance, stage_size))
         return out
 
     def forward_projected(self, features: torch.Tensor, image: torch.Tensor, projection: torch.Tensor,
@@ -184,13 +278,17 @@ class JBUStack(nn.Module):
         return out + 0.1 * bias[:, :, None, None].to(out.dtype)
 
 
-def _guidance_at(guidance: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def guidance_at(guidance: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The guidance image at a stage's size: average-pooled where smaller, resized (antialiased) where larger."""
     if size[0] <= guidance.shape[-2] and size[1] <= guidance.shape[-1]:
         return F.adaptive_avg_pool2d(guidance, size)
     return F.interpolate(guidance, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 @register_upsampler
-def jbu(dim: int, num_layers: int = 4, key_dim: int = 32, radius: int = 3) -> JBUStack:
-    """FeatUp's JBU stack over ``dim`` feature channels, reaching any output size in ``num_layers`` layers."""
-    return JBUStack(dim, num_layers, key_dim=key_dim, radius=radius)
+def jbu(dim: int, num_layers: int = 4, key_dim: int = 32, radius: int = 3, range_kernel: str = "dot") -> JBUStack:
+    """FeatUp's JBU stack over ``dim`` feature channels, reaching any output size in ``num_layers`` layers.
+
+    ``range_kernel="dot"`` is the published layer; ``"distance"`` the bilateral one featup trains (module docstring).
+    """
+    return JBUStack(dim, num_layers, key_dim=key_dim, radius=radius, range_kernel=range_kernel)
