@@ -17,6 +17,7 @@ from featup.downsamplers import gaussian_blur
 __all__ = [
     "UncertaintyScale",
     "blur_pin_loss",
+    "crf_loss",
     "gaussian_nll",
     "magnitude",
     "magnitude_loss",
@@ -84,3 +85,29 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 def blur_pin_loss(features: torch.Tensor) -> torch.Tensor:
     """Mean squared difference between features and their 5×5 Gaussian blur (σ = 1): pins high frequencies down."""
     return (gaussian_blur(features) - features).square().mean()
+
+
+def crf_loss(guidance: torch.Tensor, features: torch.Tensor, generator: torch.Generator, samples: int = 1000,
+             *, alpha: float = 0.1, beta: float = 0.15, gamma: float = 0.005, w1: float = 10.0,
+             w2: float = 3.0) -> torch.Tensor:
+    """FeatUp's sampled dense-CRF smoothness: pixels close in place and colour should have close features.
+
+    ``samples`` pixels are drawn per call (the same places in every image of the batch); for each pair with
+    coordinates u in [0, 1) and guidance colours g, ``k = w1·exp(−‖Δu‖²/(2α) − ‖Δg‖²/(2β)) + w2·exp(−‖Δu‖²/(2γ))``
+    and the loss is ``mean(k · ‖Δf‖²)``. ``guidance`` (B×g×H×W) and ``features`` (B×C×H×W) must be aligned:
+    the published code paired jittered features with the unjittered image.
+    """
+    if guidance.shape[0] != features.shape[0] or guidance.shape[-2:] != features.shape[-2:]:
+        raise ValueError(f"guidance {tuple(guidance.shape)} and features {tuple(features.shape)} must have the same "
+                         "batch and size (pair each image with its own, aligned, features)")
+    h, w = features.shape[-2:]
+    ys = torch.randint(0, h, (samples,), generator=generator).to(features.device)
+    xs = torch.randint(0, w, (samples,), generator=generator).to(features.device)
+    coords = torch.stack([ys / h, xs / w]).to(features.dtype)
+    coord_diff = (coords[:, :, None] - coords[:, None, :]).square().sum(0)[None]
+    colours = guidance[:, :, ys, xs].to(features.dtype)
+    colour_diff = (colours[..., None] - colours[..., None, :]).square().sum(1)
+    kernel = w1 * torch.exp(-coord_diff / (2 * alpha) - colour_diff / (2 * beta)) + w2 * torch.exp(-coord_diff / (2 * gamma))
+    picked = features[:, :, ys, xs]
+    feature_diff = (picked[..., None] - picked[..., None, :]).square().sum(1)
+    return (feature_diff * kernel).mean()
