@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featup.eval.compare import CompareSettings, Comparison, Example
-from featup.eval.report import markdown_table, write_report
+from featup.eval.compare import METRICS, CompareSettings, Comparison, Example
+from featup.eval.report import (
+    legend_classes,
+    markdown_table,
+    report_markdown,
+    table_records,
+    winner_sentences,
+    write_report,
+)
 
 
 @pytest.fixture
@@ -28,21 +35,37 @@ def comparison():
     examples = {
         "features": Example(image, None, {"low-res": rng.normal(size=(8, 4, 4)).astype(np.float32),
                                           "jbu": rng.normal(size=(8, 32, 32)).astype(np.float32)}),
-        "seg": Example(image, label, {"low-res": np.zeros((32, 32), np.int64), "jbu": label.clip(0, 3)}),
+        # Class 2 appears only in a prediction: the legend must still name it.
+        "seg": Example(image, label, {"low-res": np.full((32, 32), 2, np.int64), "jbu": label.clip(0, 3)}),
         "depth": Example(image, depth, {"low-res": depth[::-1].copy()}),
-        "cam": Example(image, None, {"low-res": rng.random((32, 32)), "jbu": rng.random((32, 32))}, "class 285"),
+        "cam": Example(image, None, {"low-res": rng.random((32, 32)), "jbu": rng.random((32, 32))},
+                       "class (285), p = 0.50"),
     }
     names = ["background", "a", "b", "c"]
-    return Comparison(rows, examples, CompareSettings(image_size=32), {"seg_test": 1}, names)
+    counts = {"cam": 9, "seg_train": 3, "seg_test": 1, "depth_train": 2, "depth_test": 1}
+    return Comparison(rows, examples, CompareSettings(image_size=32), counts, names)
 
 
 def test_markdown_table_formats_like_the_paper_and_marks_missing_cells():
     table = markdown_table([{"upsampler": "low-res", "cam_ad": 10.694, "seg_miou": 0.40651, "upsample_s": 0.0},
                             {"upsampler": "jbu", "seg_miou": 0.4341, "upsample_s": 2.25}])
     lines = table.strip().splitlines()
-    assert lines[0] == "| upsampler | A.D. ↓ | mIoU ↑ | upsampling s |"
+    assert lines[0] == "| upsampler | A.D. % ↓ | mIoU % ↑ | upsampling s, total |"
     assert lines[2] == "| low-res | 10.69 | 40.65 | 0.0 |"
     assert lines[3] == "| jbu | — | 43.41 | 2.2 |"
+
+
+def test_time_per_image_counts_the_images_each_upsampler_upsampled():
+    rows = [{"upsampler": "low-res", "seg_miou": 0.4, "cam_ad": 10.0, "upsample_s": 0.0},
+            {"upsampler": "jbu", "seg_miou": 0.5, "cam_ad": 9.0, "upsample_s": 3.5}]
+    counts = {"seg_train": 3, "seg_test": 2, "cam": 2}
+    own = markdown_table(rows, counts).strip().splitlines()
+    assert own[0].endswith("| upsampling s, total | s / image |")
+    assert own[3] == "| jbu | 9.00 | 50.00 | 3.5 | 0.500 |"  # 3 train + 2 test + 2 CAM images
+    assert own[2].endswith("| 0.0 | — |")  # low-res upsamples nothing
+    # One probe trained on low-res features serves every upsampler: only test images are upsampled.
+    shared = markdown_table(rows, counts, probe_protocol="lowres").strip().splitlines()
+    assert shared[3] == "| jbu | 9.00 | 50.00 | 3.5 | 0.875 |"
 
 
 def test_report_with_pictures_renders(storage_root, comparison):
@@ -64,10 +87,11 @@ def test_report_with_pictures_renders(storage_root, comparison):
         assert png.format == "PNG" and png.width > 200 and png.height > 100
     page = read("index.html").decode()
     assert all(f"src='{name}'" in page for name in names[2:])
-    assert "<td>43.41</td>" in page and "Test report" in page
+    assert "<td class='best'>43.41</td>" in page and "Test report" in page
     markdown = read("report.md").decode()
     assert all(f"]({name})" in markdown for name in names[2:])
-    assert "| jbu | 9.83 | 5.24 | 43.41 | 68.62 | — | — | 3.5 |" in markdown
+    # 3 seg train + 1 seg test + 9 CAM images upsampled by jbu (no depth row): 3.5 s / 13.
+    assert "| jbu | 9.83 | 5.24 | 43.41 | 68.62 | — | — | 3.5 | 0.269 |" in markdown
 
 
 def test_figures_only_for_tasks_that_ran(tmp_path, comparison):
@@ -75,3 +99,76 @@ def test_figures_only_for_tasks_that_ran(tmp_path, comparison):
     written = write_report(comparison, str(tmp_path / "only-cam"))
     assert [w.rsplit("/", 1)[1] for w in written] == ["index.html", "report.md", "metrics.png", "cam.png"]
     assert (tmp_path / "only-cam" / "cam.png").stat().st_size > 0
+
+
+def test_every_metric_is_defined_with_its_unit_and_direction(comparison):
+    markdown = report_markdown(comparison)
+    definitions = markdown.split("## What the numbers mean")[1].split("\n## ")[0]
+    units = {"cam_ad": "%", "cam_ai": "%", "seg_miou": "%", "seg_acc": "%", "depth_rmse": "depth maps' units",
+             "depth_delta1": "%"}
+    for key, header, higher in METRICS:
+        short = header.split(" ")[0]
+        line = next(li for li in definitions.splitlines() if li.startswith(f"- **{short}**"))
+        assert units[key] in line
+        assert ("higher is better" if higher else "lower is better") in line
+    assert "not per image" in definitions  # the time column says it is a total
+    # The sample sizes are turned into what they mean: 9 CAM images, so A.I. moves in steps of 11.1 points.
+    assert "A.I. moves in steps of 11.1 points" in markdown
+    assert "trained on 3 images and scored on 1 test image" in markdown
+    assert "Probe protocol 'own': each upsampler gets its own linear probe" in markdown
+
+
+def test_winner_sentences_name_the_best_of_each_column(comparison):
+    sentences = winner_sentences(comparison.rows, comparison.counts)
+    assert sentences == [
+        "A.D.: jbu is best (lowest) at 9.83 %, ahead of low-res at 10.69 %.",
+        "A.I.: jbu is best (highest) at 5.24 %, ahead of low-res at 4.81 %.",
+        "mIoU: jbu is best (highest) at 43.41 %, ahead of low-res at 40.65 %.",
+        "Acc.: jbu is best (highest) at 68.62 %, ahead of low-res at 65.49 %.",
+    ]  # RMSE and δ<1.25 were scored for low-res only: nothing to compare
+    markdown = report_markdown(comparison)
+    assert "Of the 4 columns where the upsamplers differ, jbu is best in 4 (A.D., A.I., mIoU, Acc.)." in markdown
+
+
+def test_winner_sentences_report_ties_and_one_image_differences():
+    rows = [{"upsampler": "lowres", "cam_ai": 100 / 3, "depth_rmse": 2.0, "upsample_s": 0.0},
+            {"upsampler": "bilinear", "cam_ai": 200 / 9, "depth_rmse": 1.5, "upsample_s": 0.7},
+            {"upsampler": "jbu", "cam_ai": 200 / 9, "depth_rmse": 1.5, "upsample_s": 14.7}]
+    assert winner_sentences(rows, {"cam": 9}) == [
+        ("A.I.: lowres is best (highest) at 33.33 % (3 of 9 images), ahead of bilinear at 22.22 % (2 of 9 images)"
+         " — a difference of one image."),
+        "RMSE: bilinear and jbu tie for the lowest value, 1.500; next is lowres at 2.000.",
+    ]
+
+
+def test_cam_caption_names_the_imagenet_class(tmp_path, comparison):
+    write_report(comparison, str(tmp_path / "r"))
+    for name in ("report.md", "index.html"):
+        assert "Egyptian cat (285), p = 0.50" in (tmp_path / "r" / name).read_text()
+    # A classifier with its own classes is named by the caller.
+    names = [f"kind {i}" for i in range(300)]
+    assert "kind 285 (285), p = 0.50" in report_markdown(comparison, cam_class_names=names)
+
+
+def test_legend_lists_classes_found_only_in_predictions(comparison):
+    assert legend_classes(comparison.examples["seg"]) == [0, 2, 3, 255]
+    caption = report_markdown(comparison).split("## Segmentation probe")[1].split("\n## ")[0]
+    assert "background (0), b (2), c (3), unlabelled (not scored)" in caption
+
+
+def test_title_names_the_backbone(tmp_path, comparison):
+    write_report(comparison, str(tmp_path / "r"), title="featup demo", backbone="vit_small_patch16_224")
+    assert "<h1>featup demo — vit_small_patch16_224</h1>" in (tmp_path / "r" / "index.html").read_text()
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    assert markdown.startswith("# featup demo — vit_small_patch16_224\n")
+    assert "Backbone vit_small_patch16_224: images are resized to 32×32 px" in markdown
+    # A title that already names it is left alone.
+    assert report_markdown(comparison, title="resnet50 run", backbone="resnet50").startswith("# resnet50 run\n")
+
+
+def test_table_records_use_the_same_scale_as_the_table(comparison):
+    records = table_records(comparison.rows, comparison.counts)
+    assert records[1] == {"upsampler": "jbu", "A.D. % ↓": 9.83, "A.I. % ↑": 5.24, "mIoU % ↑": 43.41,
+                          "Acc. % ↑": 68.62, "RMSE ↓": None, "δ<1.25 % ↑": None, "upsampling s, total": 3.5,
+                          "s / image": 0.269}
+    assert records[0]["δ<1.25 % ↑"] == 62.0 and records[0]["s / image"] is None
