@@ -72,13 +72,60 @@ def pca_rgb(maps: Sequence[torch.Tensor], *, basis: PCABasis | None = None, seed
     return [basis.project(m) for m in maps]
 
 
-def side_by_side(images: Sequence[torch.Tensor], size: int | tuple[int, int] = 224, gap: int = 4) -> torch.Tensor:
-    """Resize 3×H×W images to ``size`` (nearest, so low-res cells stay visible) and join them horizontally."""
+def side_by_side(images: Sequence[torch.Tensor], size: int | tuple[int, int] = 224, gap: int = 4, *,
+                 titles: Sequence[str] | None = None) -> torch.Tensor:
+    """Resize 3×H×W images to ``size`` (nearest, so low-res cells stay visible) and join them horizontally.
+
+    With ``titles`` (one per image) each tile gets its title, centred in a white band above it, so the
+    picture says what each panel is (e.g. "image", "lowres 14×14", "jbu 224×224").
+    """
     size = (size, size) if isinstance(size, int) else size
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"got {len(titles)} titles for {len(images)} images; give one title per image")
     tiles = [F.interpolate(img[None].float(), size=size, mode="nearest")[0] for img in images]
     spacer = torch.ones(3, size[0], gap)
     parts = [t for tile in tiles for t in (tile, spacer)][:-1]
-    return torch.cat(parts, dim=2)
+    strip = torch.cat(parts, dim=2)
+    if titles is None:
+        return strip
+    return torch.cat([_title_band(titles, size[1], gap), strip], dim=1)
+
+
+def _font(size: int):
+    """DejaVu Sans (shipped with matplotlib; it has "×"), else Pillow's own font."""
+    from PIL import ImageFont
+
+    try:
+        from matplotlib import get_data_path
+
+        return ImageFont.truetype(f"{get_data_path()}/fonts/ttf/DejaVuSans.ttf", size)
+    except (ImportError, OSError):
+        try:
+            return ImageFont.load_default(size=size)  # scalable where Pillow has FreeType
+        except (TypeError, OSError):
+            return ImageFont.load_default()
+
+
+def _title_band(titles: Sequence[str], tile_width: int, gap: int) -> torch.Tensor:
+    """A white 3×h×W band with each title centred over its tile, shrunk (then cut with …) to fit the tile."""
+    from PIL import Image, ImageDraw
+
+    font_size = int(np.clip(tile_width // 14, 10, 20))
+    height = font_size + 8
+    width = len(titles) * tile_width + (len(titles) - 1) * gap
+    band = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(band)
+    for i, title in enumerate(titles):
+        font, text = _font(font_size), str(title)
+        for smaller in range(font_size - 1, 7, -1):  # shrink a long title before cutting it
+            if draw.textlength(text, font=font) <= tile_width - 4:
+                break
+            font = _font(smaller)
+        while len(text) > 1 and draw.textlength(text, font=font) > tile_width - 4:
+            text = text[:-2] + "…"
+        left = i * (tile_width + gap) + (tile_width - draw.textlength(text, font=font)) / 2
+        draw.text((left, height / 2), text, fill="black", font=font, anchor="lm")
+    return torch.from_numpy(np.asarray(band).copy()).permute(2, 0, 1).float() / 255
 
 
 def save_png(image: torch.Tensor | np.ndarray, path_or_url: str, storage_options: Mapping | None = None) -> str:

@@ -54,3 +54,24 @@ def test_save_png_to_local_path_and_memory_url(tmp_path):
     save_png(strip, "memory://viz/strip.png")
     with fsspec.open("memory://viz/strip.png", "rb") as f:
         assert Image.open(f).size == (66, 32)
+
+
+def test_titles_name_each_panel_above_its_tile():
+    tiles = [torch.zeros(3, 4, 4), torch.zeros(3, 32, 32), torch.zeros(3, 32, 32)]
+    plain = side_by_side(tiles, size=96, gap=4)
+    titled = side_by_side(tiles, size=96, gap=4, titles=["image", "lowres 4×4", "a very long upsampler name 224×224"])
+    band = titled.shape[1] - plain.shape[1]
+    assert band > 8 and titled.shape[2] == plain.shape[2]
+    assert torch.equal(titled[:, band:], plain)  # the pictures themselves are untouched
+    ink = titled[:, :band].mean(0) < 0.5  # dark text on white
+    for i in range(3):  # every title is drawn, and inside its own tile's columns
+        columns = ink[:, i * 100:i * 100 + 96]
+        assert columns.any()
+        assert not ink[:, i * 100 + 96:i * 100 + 100].any()  # nothing spills into the gap
+
+
+def test_titles_must_match_the_images():
+    import pytest
+
+    with pytest.raises(ValueError, match="one title per image"):
+        side_by_side([torch.zeros(3, 4, 4)] * 2, size=8, titles=["only one"])
