@@ -555,14 +555,15 @@ def _html_table(comparison: Comparison) -> str:
             cells += f"<td class='best'>{text}</td>" if win else f"<td>{text}</td>"
         cells += "".join(f"<td>{c}</td>" for c in _time_cells(row, counts, protocol))
         body += f"<tr><th scope='row'>{html.escape(name)}</th>{cells}</tr>"
-    return f"<table><tr><th>upsampler</th>{head}</tr>{body}</table>"
+    return f"<div class='scroll'><table><tr><th>upsampler</th>{head}</tr>{body}</table></div>"
 
 
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:1.5em auto;padding:0 1em;line-height:1.45;"
         "color:#222}table{border-collapse:collapse;margin:1em 0}td,th{padding:.25em .7em;text-align:right;"
         "border-bottom:1px solid #ddd}th[scope=row]{text-align:left}td.best{font-weight:bold;background:#e6f4e6}"
         "figure{margin:1.5em 0}figure img{display:block;max-width:100%;height:auto}"
-        "figcaption{color:#444;font-size:.92em;margin-top:.4em}li{margin:.3em 0}.note{color:#444}")
+        "figcaption{color:#444;font-size:.92em;margin-top:.4em}li{margin:.3em 0}.note{color:#444}"
+        ".scroll{overflow-x:auto}")
 
 
 def _report_html(comparison: Comparison, *, title: str, notes: str, backbone: str | None,
@@ -582,7 +583,8 @@ def _report_html(comparison: Comparison, *, title: str, notes: str, backbone: st
         parts.append(f"<p class='note'>{html.escape(notes)}</p>")
     parts.append(_html_table(comparison))
     if summary or winners:
-        parts.append("<h2>Best per column</h2>" + (f"<p>{_plain(summary)} (highlighted in the table)</p>"
+        parts.append("<h2>Best per column</h2>" + (f"<p>{_plain(summary)} The best value of each column is "
+                                                    "highlighted in the table.</p>"
                                                     if summary else "") + items(winners))
     parts.append("<h2>What the numbers mean</h2>" + items(_definitions(comparison)))
     noise = _noise_sentences(comparison)
