@@ -222,6 +222,8 @@ def winner_sentences(rows: Sequence[Mapping[str, Any]], counts: Mapping[str, int
         n = (counts or {}).get("cam", 0)
         if key == "cam_ai" and n and round(abs(scored[0][1] - runner_value) * n / 100) == 1:
             sentence += " — a difference of one image"
+        elif key == "cam_ad" and n and abs(scored[0][1] - runner_value) < 100 / n:
+            sentence += " — less than one image can change"
         sentences.append(sentence + ".")
     return sentences
 
@@ -334,7 +336,7 @@ def _cam_caption(caption: str, class_names: Sequence[str] | None) -> str:
 _FIGURE_NOTES = {
     "metrics.png": "The table as bars, one panel per metric, the arrow giving the better direction. Each panel's "
                    "axis is zoomed on the differences and need not start at 0.",
-    "features.png": "The first test image and each upsampler's features on it, reduced to three colours by PCA: "
+    "features.png": "The first {task} test image and each upsampler's features on it, reduced to three colours by PCA: "
                     "one basis is fitted on all panels together, so the same colour means the same feature "
                     "everywhere. Good upsampling keeps the low-res colours and sharpens their edges along the "
                     "image's.",
@@ -342,8 +344,8 @@ _FIGURE_NOTES = {
                         "coloured by class (legend: every class in the labels or any prediction{classes}).",
     "depth.png": "The first depth test image, its true depth and each upsampler's probe prediction after the "
                  "scale-and-shift fit used for scoring, all on the same colour scale (red near, blue far).",
-    "cam.png": "The first CAM image, titled with the classifier's predicted class and its probability p "
-               "({caption}), and "
+    "cam.png": "The first CAM image, titled with the class the classifier predicts (its guess, right or wrong) "
+               "and that class's probability p ({caption}), and "
                "the class activation map from each upsampler's features over it (red: strongest evidence for "
                "that class, blue: none). Faithful maps cover the object.",
 }
@@ -354,6 +356,8 @@ def _figure_note(name: str, comparison: Comparison, cam_class_names: Sequence[st
     note = _FIGURE_NOTES.get(name, "")
     if name == "cam.png" and "cam" in comparison.examples:
         return note.format(caption=_cam_caption(comparison.examples["cam"].caption, cam_class_names) or "")
+    if name == "features.png":
+        return note.format(task="segmentation" if "seg" in comparison.examples else "depth")
     if name == "segmentation.png" and "seg" in comparison.examples:
         names = [_class_label(c, comparison.class_names) for c in legend_classes(comparison.examples["seg"])]
         return note.format(classes=": " + ", ".join(names) if names else "")
