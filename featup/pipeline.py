@@ -46,13 +46,20 @@ class StageTimes:
 
 @dataclass
 class ShardReport:
-    """What happened to one shard: rows written, bad samples with reasons, stage timings."""
+    """What happened to one shard: rows written, bad samples with reasons, stage timings.
+
+    ``bad`` are the manifest's samples recorded as bad in the store; ``unlisted`` are tar members the
+    manifest does not list (nothing to store them in, so they are only reported); ``shard_error`` says
+    where an unreadable shard broke (its unread samples are in ``bad`` with that reason).
+    """
 
     shard: int
     written: int = 0
     bad: list[dict[str, str]] = field(default_factory=list)
     skipped: bool = False
     times: StageTimes = field(default_factory=StageTimes)
+    unlisted: list[dict[str, str]] = field(default_factory=list)
+    shard_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,6 +201,24 @@ def _batches(store: FeatureStore, shard: int, image_size: tuple[int, int], batch
         yield collate_samples(items, size=image_size)
 
 
+def _listed_only(batch: dict[str, Any], listed: Callable[[str], bool], report: ShardReport) -> dict[str, Any]:
+    """The batch without samples the manifest does not list (a tar member added by hand): those are reported."""
+    keep = [i for i, key in enumerate(batch["__key__"]) if listed(key)]
+    if len(keep) == len(batch["__key__"]):
+        return batch
+    for i, key in enumerate(batch["__key__"]):
+        if i not in keep:
+            report.unlisted.append({"key": key, "reason": "tar member not in the manifest: not stored"})
+    index = torch.tensor(keep, dtype=torch.long)
+    out = dict(batch)
+    for name, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            out[name] = value.index_select(0, index)
+        elif isinstance(value, list) and name != "bad":
+            out[name] = [value[i] for i in keep]
+    return out
+
+
 def precompute_shard(
     store: FeatureStore,
     shard: int,
@@ -212,8 +237,11 @@ def precompute_shard(
 ) -> ShardReport:
     """Featurize, upsample and store every sample of one shard; skip it if already complete (unless ``redo``).
 
-    Samples that cannot be decoded are marked bad in the store with their reason and reported; the
-    shard is committed only once every sample is written or marked bad. ``model_threads`` sets the
+    Samples that cannot be decoded are marked bad in the store with their reason and reported; a shard
+    that cannot be read to its end keeps the samples read before the damage and marks the rest bad with
+    the shard's error; tar members the manifest does not list are reported and not stored. The shard is
+    committed once every sample is written or marked bad, so damage never stops a dataset. Storage that
+    cannot be reached raises instead (the shard stays pending for a retry or a re-run). ``model_threads`` sets the
     model's CPU threads for the shard: with a cheap upsampler on few cores, one fewer than the cores
     leaves the writer's compression a core of its own, which the whole pipeline gains from
     (bench/pipeline.py); the default keeps torch's setting. Results are the same for any setting up
@@ -241,8 +269,14 @@ def precompute_shard(
             for batch in _batches(store, shard, image_size, batch_size, num_workers, storage_options):
                 times.read += time.perf_counter() - ready
                 for bad in batch["bad"]:
-                    writer.mark_bad(bad.key, bad.reason)
-                    report.bad.append({"key": bad.key, "reason": bad.reason})
+                    if bad.key is None:  # the shard itself broke: its unread samples are marked below
+                        report.shard_error = bad.reason
+                    elif writer.listed(bad.key):
+                        writer.mark_bad(bad.key, bad.reason)
+                        report.bad.append({"key": bad.key, "reason": bad.reason})
+                    else:
+                        report.unlisted.append({"key": bad.key, "reason": f"not in the manifest; {bad.reason}"})
+                batch = _listed_only(batch, writer.listed, report)
                 if batch["__key__"]:
                     images = batch["image"].to(device_, non_blocking=True)
                     low, high = featurize(backbone, upsampler, images, spec.size, amp=amp, times=times)
@@ -257,9 +291,10 @@ def precompute_shard(
                 ready = time.perf_counter()
         finally:
             sink.close()
+        missing_reason = report.shard_error or "sample missing from the shard"
         for key in writer.missing():
-            # A key in the manifest that the shard no longer yields (e.g. a truncated tar).
-            writer.mark_bad(key, "sample missing from the shard")
-            report.bad.append({"key": key, "reason": "sample missing from the shard"})
+            # A key in the manifest that the shard no longer yields (a truncated tar, a shard that is gone).
+            writer.mark_bad(key, missing_reason)
+            report.bad.append({"key": key, "reason": missing_reason})
     times.total = time.perf_counter() - begin
     return report

@@ -8,12 +8,15 @@ are built from its signature and docstring, the same metadata the Prefect UI tur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import json
+import logging
 import os
 import re
 import sys
+import traceback
 import types
 import typing
 from collections.abc import Sequence
@@ -100,21 +103,98 @@ def flow_parser(command: str, flow) -> argparse.ArgumentParser:
     return parser
 
 
+# Exit statuses of a flow subcommand beyond 0 (done): 2 the run failed (one line says why and what to do),
+# 3 the run finished but recorded bad samples (listed in its summary), 130 interrupted.
+EXIT_FAILED, EXIT_BAD_SAMPLES, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class _WithoutTraceback(logging.Formatter):
+    """A console formatter that leaves tracebacks out (the records keep them for the API's log handler)."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+@contextlib.contextmanager
+def _console_without_tracebacks() -> typing.Iterator[None]:
+    """Prefect's console lines without the traceback walls a failing task logs (``--debug`` keeps them)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(v, logging.Logger))]
+    handlers = {id(h): h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}
+    saved = {key: h.formatter for key, h in handlers.items()}
+    for h in handlers.values():
+        h.setFormatter(_WithoutTraceback(h.formatter))
+    try:
+        yield
+    finally:
+        for key, h in handlers.items():
+            h.setFormatter(saved[key])
+
+
+def _bad_samples(result: object) -> int:
+    """Samples a flow's summary says were recorded bad (a count or a list), plus tar members it could not store."""
+    if not isinstance(result, dict):
+        return 0
+    bad = result.get("bad", 0)
+    return (len(bad) if isinstance(bad, list) else int(bad or 0)) + int(result.get("unlisted", 0) or 0)
+
+
 def run_flow(command: str, argv: Sequence[str]) -> int:
-    """Parse ``argv`` for a flow subcommand and run the flow locally."""
+    """Parse ``argv`` for a flow subcommand and run the flow locally.
+
+    A failure prints one line (what went wrong and what to do) and exits 2; ``--debug``, or
+    PREFECT_LOGGING_LEVEL=DEBUG, shows the tracebacks too.
+    """
     module_name, attribute = FLOWS[command]
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # A loaded 2-core machine can take longer than Prefect's default to start the temporary API.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     flow = getattr(importlib.import_module(module_name), attribute)
-    args = flow_parser(command, flow).parse_args(argv)
+    parser = flow_parser(command, flow)
+    parser.add_argument("--debug", action="store_true", help="on failure, show tracebacks (default: one line)")
+    args = vars(parser.parse_args(argv))
+    debug = args.pop("debug") or os.environ.get("PREFECT_LOGGING_LEVEL", "").upper() == "DEBUG"
+    from prefect import tags
+
+    from featup.io import describe
+    from flows.local_api import crash_stale_runs, local_api, run_tags
+
     try:
-        result = flow(**vars(args))
-    except (ValueError, FileNotFoundError, PermissionError) as e:
-        print(f"featup {command}: error: {e}", file=sys.stderr)
-        return 2
+        with contextlib.ExitStack() as stack:
+            if not debug:
+                stack.enter_context(_console_without_tracebacks())
+            stack.enter_context(local_api())
+            for run_id in crash_stale_runs():
+                print(f"featup {command}: marked flow run {run_id} crashed (its process is gone)", file=sys.stderr)
+            with tags(*run_tags()):
+                result = flow(**args)
+    except KeyboardInterrupt:
+        print(f"featup {command}: interrupted; re-running resumes where it stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        print(f"featup {command}: error: {describe(e)}" + ("" if debug else " (--debug shows the traceback)"),
+              file=sys.stderr)
+        return EXIT_FAILED
     if result is not None:
         print(json.dumps(result, indent=2, default=str) if isinstance(result, (dict, list)) else result)
+    bad = _bad_samples(result)
+    if bad:
+        print(f"featup {command}: finished with {bad} bad samples recorded (listed in the summary above)",
+              file=sys.stderr)
+        return EXIT_BAD_SAMPLES
     return 0
 
 

@@ -7,29 +7,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.features import create_store, process_shard
-from tasks.locks import ProcessAwareLockManager, lock_key
+from tasks.features import create_store, process_shard, shard_lock_key
+from tasks.locks import lock_manager
 from tasks.storage import storage_options
 
 Upsampler = Literal["jbu", "implicit", "bilinear", "resize_conv"]
 DEFAULT_LOCK_DIR = os.path.join(Path.home(), ".prefect", "featup-shard-locks")
-
-
-def _shard_key(context, parameters: dict[str, Any]) -> str:
-    # One record per (store as created, shard): runs that meet on a shard wait for each other and the later one
-    # reuses the earlier one's report, so no shard is processed twice, whichever worker holds it.
-    return lock_key("shard", parameters["store_url"], parameters["store_version"], parameters["shard"])
-
-
-def _shard_policy(lock_dir: str):
-    return CacheKeyFnPolicy(cache_key_fn=_shard_key).configure(
-        isolation_level="SERIALIZABLE", lock_manager=ProcessAwareLockManager(lock_files_directory=Path(lock_dir))
-    )
+REDIS_URL_ENV = "FEATUP_REDIS_URL"
 
 
 @flow(name="precompute-features", log_prints=True)
@@ -55,12 +47,15 @@ def precompute_features(
     random_weights: bool = False,
     dataset: str | None = None,
     lock_dir: str = DEFAULT_LOCK_DIR,
+    redis_url: str | None = None,
     storage_secret: str | None = None,
 ) -> dict[str, Any]:
     """Compute high-resolution features for every shard of a dataset into a zarr store.
 
-    Shards already complete in the store are skipped, so re-running finishes what is missing; bad
-    samples are recorded in the store with their reason and listed in the run's table artifact.
+    The store alone says what is done: shards it records complete are skipped, every other shard is
+    computed, so re-running finishes what is missing. Bad samples (undecodable images, the unread rest
+    of a damaged or missing shard) are recorded in the store with their reason and listed in the run's
+    table artifact and summary; the run goes on to the other shards.
 
     Args:
         shards: Dataset folder or manifest.json URL written by the ingest flow (local path or s3://).
@@ -85,10 +80,13 @@ def precompute_features(
         random_weights: Use random backbone weights (for tests and smoke runs).
         dataset: Dataset name in the store; default: the manifest's name.
         lock_dir: Folder for the store and shard locks shared by the runs of this host (runs meeting on a
-            shard wait).
+            shard wait, and the later one skips it).
+        redis_url: Redis server for the locks instead, shared by the runs of every host (e.g.
+            redis://host:6379/0); default: the FEATUP_REDIS_URL environment variable, else lock_dir.
         storage_secret: Name of a Prefect Secret block holding fsspec storage options as JSON.
     """
     logger = get_run_logger()
+    redis_url = redis_url or os.environ.get(REDIS_URL_ENV) or None
     if dataset is None:
         from featup.data.manifest import read_manifest
 
@@ -96,7 +94,7 @@ def precompute_features(
     created = create_store(shards, store, dataset=dataset, backbone=backbone, tap=tap, upsampler=upsampler,
                            checkpoint=checkpoint, output_size=(output_size, output_size), dtype=dtype,
                            keep_lowres=keep_lowres, weights=weights, random_weights=random_weights,
-                           storage_secret=storage_secret, lock_dir=lock_dir)
+                           storage_secret=storage_secret, lock_dir=lock_dir, redis_url=redis_url)
     pending = created["pending"]
     total = created["num_shards"]
     logger.info("%d of %d shards pending in %s", len(pending), total, created["url"])
@@ -105,53 +103,54 @@ def precompute_features(
     options = dict(backbone=backbone, tap=tap, upsampler=upsampler, checkpoint=checkpoint, weights=weights,
                    random_weights=random_weights, batch_size=batch_size, device=device, amp=amp,
                    num_workers=num_workers, model_threads=model_threads, storage_secret=storage_secret,
-                   store_version=created["version"])
+                   store_version=created["version"], lock_dir=lock_dir, redis_url=redis_url)
     runner = _task_runner(concurrency, dask_address, dask_workers)
     reports = _run_shards.with_options(task_runner=runner)(created["url"], pending, options, str(progress),
-                                                         total, lock_dir, max(1, concurrency, dask_workers))
+                                                         total, max(1, concurrency, dask_workers))
     bad = [dict(shard=r["shard"], **b) for r in reports for b in r["bad"]]
+    unlisted = [dict(shard=r["shard"], **b) for r in reports for b in r["unlisted"]]
+    damaged = {r["shard"]: r["shard_error"] for r in reports if r["shard_error"]}
     written = sum(r["written"] for r in reports if not r["skipped"])
-    create_table_artifact(key="precompute-bad-samples", table=bad or [{"shard": "-", "key": "-", "reason": "none"}],
-                          description=f"bad samples in {created['url']}")
+    create_table_artifact(key="precompute-bad-samples",
+                          table=bad + unlisted or [{"shard": "-", "key": "-", "reason": "none"}],
+                          description=f"bad samples in {created['url']} (and tar members not in the manifest)")
     summary = {"store": created["url"], "shards": total, "processed": sum(not r["skipped"] for r in reports),
                "skipped": total - len(pending) + sum(r["skipped"] for r in reports), "written": written,
-               "bad": len(bad)}
+               "bad": len(bad), "unlisted": len(unlisted), "damaged_shards": sorted(damaged)}
+    if bad or unlisted:
+        logger.warning("%d bad samples recorded in the store (%d damaged shards), %d tar members not in the "
+                       "manifest: see the precompute-bad-samples artifact or store.bad_samples()",
+                       len(bad), len(damaged), len(unlisted))
     logger.info("done: %s", summary)
     return summary
 
 
 @flow(name="precompute-shards")
 def _run_shards(store_url: str, pending: list[int], options: dict[str, Any], progress_id: str, total: int,
-                lock_dir: str, concurrency: int = 1) -> list[dict[str, Any]]:
+                concurrency: int = 1) -> list[dict[str, Any]]:
     """Run one task per pending shard (on this subflow's task runner); update progress as they finish.
 
     At most ``concurrency`` shards are in flight, and the next one taken is one no other run holds,
     so runs started together split the shards instead of queueing behind each other.
     """
-    policy = _shard_policy(lock_dir)
-    shard_task = process_shard.with_options(cache_policy=policy, persist_result=True)
+    locks = lock_manager(options["lock_dir"], options["redis_url"])
     todo, running, reports = list(pending), {}, []
     done = total - len(pending)
 
     def take() -> int:
         for shard in todo:
-            key = _shard_key(None, {"store_url": store_url, "store_version": options["store_version"],
-                                    "shard": shard})
-            if not policy.lock_manager.is_locked(key):
+            if locks is None or not locks.is_locked(shard_lock_key(store_url, options["store_version"], shard)):
                 todo.remove(shard)
                 return shard
-        return todo.pop(0)  # all held elsewhere: wait for one, then reuse its report
+        return todo.pop(0)  # all held elsewhere: wait for one; the store then says whether it is left to do
 
     while todo or running:
         while todo and len(running) < max(1, concurrency):
             shard = take()
-            running[shard_task.submit(store_url, shard, **options)] = shard
+            running[process_shard.submit(store_url, shard, **options)] = shard
         future = next(as_completed(list(running)))
         del running[future]
-        report = dict(future.result())
-        # A cached state is another run's report for this shard: this run did not process it.
-        report["skipped"] = report["skipped"] or future.state.name == "Cached"
-        reports.append(report)
+        reports.append(dict(future.result()))
         done += 1
         update_progress_artifact(progress_id, progress=100.0 * done / total)
     return sorted(reports, key=lambda r: r["shard"])

@@ -1,11 +1,15 @@
-"""Shard locks for Prefect's SERIALIZABLE cache isolation that survive a killed run.
+"""Locks that make runs meeting on a shard (or on a store's creation) do it once: Prefect lock managers.
 
-Prefect's ``FileSystemLockManager`` keeps a lock until its holder releases it or it expires, and the
-task engine takes locks with no expiry: a run killed while holding one would make every later run
-wait forever for that shard. This manager records the holding process in the lock file and treats a
-lock whose process (on this host) is gone as released, so a re-run after a crash just proceeds.
-Locks held on other hosts are never broken here; many hosts need a shared lock manager
-(e.g. prefect-redis's) instead.
+Two kinds, both Prefect's ``LockManager`` protocol:
+
+- on one host (the default), lock files in a folder: ``ProcessAwareLockManager``, a
+  ``FileSystemLockManager`` that records the holding process and treats a lock whose process is gone as
+  released, so a re-run after a crash proceeds instead of waiting forever;
+- across hosts, when a Redis URL is configured: prefect-redis's ``RedisLockManager``, with a lease
+  (``LEASE_S``) renewed while the holder works, so a host that dies frees its locks within a lease.
+
+A lock only keeps runs from doing the same work at once; whether a shard is done is always asked of
+the feature store, inside the lock.
 """
 
 from __future__ import annotations
@@ -14,12 +18,20 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from prefect.locking.filesystem import FileSystemLockManager
+from prefect.locking.protocol import LockManager
+from prefect.logging import get_logger
+from prefect_redis.locking import RedisLockManager
+
+log = get_logger("featup.locks")
+# A Redis lock outlives a dead holder by at most this long (shorter in fault drills, to wait less).
+LEASE_S = float(os.environ.get("FEATUP_LOCK_LEASE_S", "60"))
 
 
 def _alive(pid: int) -> bool:
@@ -61,14 +73,66 @@ def lock_key(*parts: object) -> str:
     return f"featup-{hashlib.sha256('|'.join(map(str, parts)).encode()).hexdigest()[:32]}"
 
 
+class LeasedRedisLockManager(RedisLockManager):
+    """prefect-redis's RedisLockManager whose locks are leases, pushed ahead by their holder (``renew_lock``)."""
+
+    def renew_lock(self, key: str, holder: str) -> bool:
+        """Push the lease of a held lock ``LEASE_S`` ahead; False if it was lost meanwhile."""
+        lock = self._locks.get(self._lock_name_for_key(key))
+        if lock is None or not self.is_lock_holder(key, holder):
+            return False
+        try:
+            lock.reacquire()
+        except Exception as exc:  # redis' LockNotOwnedError, or the server unreachable
+            log.warning("could not renew lock %s: %s", key, exc)
+            return False
+        return True
+
+
+def lock_manager(lock_dir: str | os.PathLike | None, redis_url: str | None = None) -> LockManager | None:
+    """Redis locks shared by every host that reaches ``redis_url`` when given, else this host's lock files in
+    ``lock_dir``; None when neither is given (no locking)."""
+    if redis_url:
+        return LeasedRedisLockManager(connection_url=redis_url)
+    if lock_dir:
+        return ProcessAwareLockManager(lock_files_directory=Path(lock_dir))
+    return None
+
+
 @contextmanager
-def host_lock(lock_dir: str | os.PathLike, *name: object) -> Iterator[None]:
-    """Hold this host's lock on what ``name`` identifies while in the block; runs meeting on it wait for each other."""
-    manager = ProcessAwareLockManager(lock_files_directory=Path(lock_dir))
-    key = lock_key(*name)
-    holder = f"{os.getpid()}-{uuid.uuid4().hex}"
-    manager.acquire_lock(key, holder)
+def held(manager: LockManager | None, key: str) -> Iterator[None]:
+    """Hold ``key`` in ``manager`` while in the block, waiting for another holder first; a Redis lease is renewed
+    every third of ``LEASE_S`` until the block ends."""
+    if manager is None:
+        yield
+        return
+    holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
+    renewing = hasattr(manager, "renew_lock")
+    manager.acquire_lock(key, holder, hold_timeout=LEASE_S if renewing else None)
+    stop = threading.Event()
+    renewer = None
+    if renewing:
+        def renew() -> None:
+            while not stop.wait(LEASE_S / 3):
+                manager.renew_lock(key, holder)
+
+        renewer = threading.Thread(target=renew, name=f"featup-lease-{key}", daemon=True)
+        renewer.start()
     try:
         yield
     finally:
-        manager.release_lock(key, holder)
+        stop.set()
+        if renewer is not None:
+            renewer.join()
+        try:
+            manager.release_lock(key, holder)
+        except Exception as exc:  # an expired lease taken by another holder: nothing of ours to release
+            log.warning("lock %s was not released cleanly: %s", key, exc)
+
+
+@contextmanager
+def host_lock(lock_dir: str | os.PathLike, *name: object, redis_url: str | None = None) -> Iterator[None]:
+    """Hold the lock on what ``name`` identifies while in the block (this host's lock files in ``lock_dir``, or
+    Redis when ``redis_url``); runs meeting on it wait for each other."""
+    with held(lock_manager(lock_dir, redis_url), lock_key(*name)):
+        yield

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from featup.io import is_transient
+
 
 def storage_options(secret_block: str | None = None) -> dict[str, Any]:
     """fsspec storage options: the JSON held by Prefect Secret block ``secret_block``, or {} (environment).
@@ -25,11 +27,9 @@ def storage_options(secret_block: str | None = None) -> dict[str, Any]:
 
 
 def io_retry(task, old_state, new_state) -> bool:
-    """Retry only failures of storage or network (OSError and its kin), not bugs or bad parameters."""
+    """Retry only faults that pass (network, throttling, 5xx): a missing file or a full disk fails at once."""
     try:
         new_state.result()
-    except OSError:
-        return True
-    except Exception:
-        return False
+    except Exception as exc:
+        return is_transient(exc)
     return False

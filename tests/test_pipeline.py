@@ -19,3 +19,104 @@ def test_model_threads_leave_gpus_and_the_default_alone_and_reject_zero():
         assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="at least 1"), _model_threads(CPU, 0):
         pass
+
+
+# --- one damaged or missing shard never stops a dataset; unreachable storage never looks like damage ---
+
+import io  # noqa: E402
+import os  # noqa: E402
+import tarfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from featup.backbones import load_backbone  # noqa: E402
+from featup.data import ingest  # noqa: E402
+from featup.data.reading import iter_shard  # noqa: E402
+from featup.io import TransientError, is_transient  # noqa: E402
+from featup.pipeline import precompute_shard  # noqa: E402
+from featup.store import FeatureSpec, create_feature_store  # noqa: E402
+from featup.upsamplers import load_upsampler  # noqa: E402
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone("efficientnet_lite0")
+
+
+def _dataset(url: str, storage_options=None):
+    """6 mosaics in 3 shards of 2."""
+    return ingest("fashion_mosaics", "-", url, n=6, size=SIZE, max_count=2, progress=False,
+                  storage_options=storage_options)
+
+
+def _store(root: str, manifest, backbone, storage_options=None):
+    spec = FeatureSpec(dataset="m", backbone=backbone.id, upsampler="bilinear", channels=backbone.dim,
+                       size=(SIZE, SIZE), dtype="float32")
+    return create_feature_store(root, spec, manifest, storage_options=storage_options)
+
+
+def _run(store, shard, backbone, storage_options=None):
+    return precompute_shard(store, shard, backbone, load_upsampler("bilinear"), device="cpu", num_workers=0,
+                            batch_size=1, storage_options=storage_options)
+
+
+def _add_member(tar_path: Path, name: str) -> None:
+    """Rewrite a shard with one more member, as someone adding a file to it by hand would."""
+    with tarfile.open(tar_path) as old:
+        members = [(m, old.extractfile(m).read()) for m in old.getmembers()]
+    buf = io.BytesIO()
+    Image.fromarray(np.full((SIZE, SIZE, 3), 90, np.uint8)).save(buf, format="JPEG")
+    with tarfile.open(tar_path, "w") as new:
+        for member, data in [*members, (tarfile.TarInfo(name), buf.getvalue())]:
+            member.size = len(data)
+            new.addfile(member, io.BytesIO(data))
+
+
+def test_cut_missing_and_extended_shards_keep_what_is_readable_and_complete(tmp_path, backbone):
+    manifest = _dataset(str(tmp_path / "shards"))
+    shard0, shard1, shard2 = (tmp_path / "shards" / s.name for s in manifest.shards)
+    _add_member(shard0, "../../evil.jpg")
+    # cut shard 1 in the middle of its second image: the first sample stays readable
+    with tarfile.open(shard1) as tar:
+        image = next(m for m in tar.getmembers() if m.name == f"{manifest.shards[1].keys[1]}.jpg")
+    shard1.write_bytes(shard1.read_bytes()[: image.offset_data + image.size // 2])
+    os.remove(shard2)
+    store = _store(str(tmp_path / "store"), manifest, backbone)
+
+    reports = [_run(store, i, backbone) for i in range(3)]
+    assert store.pending_shards() == [], "every shard completes, damaged or not"
+    assert reports[0].written == 2 and reports[0].bad == []
+    assert [u["key"] for u in reports[0].unlisted] == ["../../evil"]
+    assert reports[1].written == 1 and len(reports[1].bad) == 1 and reports[1].shard_error
+    assert reports[2].written == 0 and len(reports[2].bad) == 2
+    assert "FileNotFoundError" in reports[2].shard_error
+    bad = {b.key: b.reason for b in store.bad_samples()}
+    assert set(bad) == {*manifest.shards[1].keys[1:], *manifest.shards[2].keys}
+    assert all("shard unreadable" in reason or "cut short" in reason for reason in bad.values()), bad
+    assert store.status().tolist().count(1) == 3  # the readable samples were written
+
+
+def test_unreachable_storage_leaves_the_shard_pending_and_a_rerun_finishes(tmp_path, backbone, moto_factory):
+    server = moto_factory()
+    bucket = server.new_bucket()
+    options = server.storage_options()
+    manifest = _dataset(f"{bucket}/shards", options)
+    store = _store(str(tmp_path / "store"), manifest, backbone)
+    server.stop()  # storage down: reading fails, which is not damage
+    with pytest.raises(TransientError, match="reading s3://"):
+        list(iter_shard(manifest.shard_urls()[0], storage_options=options))
+    with pytest.raises(Exception) as failed:
+        _run(store, 0, backbone, options)
+    assert is_transient(failed.value), failed.value
+    assert store.pending_shards() == [0, 1, 2] and store.bad_samples() == []
+    server.start()  # back, empty (moto keeps nothing): the same shards are put back, byte for byte
+    import s3fs
+
+    s3fs.S3FileSystem(**options).mkdir(bucket.removeprefix("s3://"))
+    assert _dataset(f"{bucket}/shards", options).shards == manifest.shards
+    assert _run(store, 0, backbone, options).written == 2
+    assert store.pending_shards() == [1, 2] and store.bad_samples() == []

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
+import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -20,13 +22,22 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from webdataset.tariterators import base_plus_ext, tar_file_iterator
+from webdataset.tariterators import base_plus_ext
 
-from featup.data.images import MIN_SIDE, ImageError, decode_depth, decode_label, decode_rgb
+from featup.data.images import (
+    MIN_SIDE,
+    ImageError,
+    decode_depth,
+    decode_label,
+    decode_rgb,
+)
 from featup.data.manifest import read_manifest
 from featup.data.samples import IGNORE_INDEX, BadSample
 from featup.data.storage import StorageOptions
+from featup.io import TransientError, is_transient
 
+# members webdataset skips: its own metadata (__name__ files and folders)
+_META = re.compile(r"(^|.*/)__[^/]*__($|/)")
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff")
 Size = int | tuple[int, int]
 
@@ -59,16 +70,20 @@ def shard_urls(
 def iter_shard(url: str, *, storage_options: StorageOptions = None) -> Iterator[dict[str, Any] | BadSample]:
     """Raw samples (``__key__``, ``__url__`` and extension → bytes) of one shard; failures become BadSamples.
 
-    An unreadable or truncated shard yields the samples before the damage, then one BadSample for the
-    sample it was in and one (key None) saying where the shard broke.
+    An unreadable, missing or truncated shard yields the samples before the damage, then one BadSample for
+    the sample it was in and one (key None) saying where the shard broke. A fault that passes (network,
+    throttling, 5xx) is raised instead, so the shard is retried rather than recorded as damaged.
     """
     current: dict[str, Any] | None = None
     count = 0
     try:
-        with fsspec.open(url, "rb", **dict(storage_options or {})) as stream:
-            for member in tar_file_iterator(stream):
-                prefix, suffix = base_plus_ext(member["fname"])
-                if prefix is None:
+        with fsspec.open(url, "rb", **dict(storage_options or {})) as stream, \
+                tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                # a member's header names its sample before its data is read: the sample before it is
+                # then known to be whole, even when this member turns out to be cut
+                prefix, suffix = base_plus_ext(member.name)
+                if not member.isreg() or prefix is None or _META.match(member.name):
                     continue
                 if current is not None and prefix != current["__key__"]:
                     yield current
@@ -76,10 +91,15 @@ def iter_shard(url: str, *, storage_options: StorageOptions = None) -> Iterator[
                     current = None
                 if current is None:
                     current = {"__key__": prefix, "__url__": url}
-                current[suffix.lower()] = member["data"]
+                current[suffix.lower()] = tar.extractfile(member).read()
+                tar.members = []  # a streamed tar need not remember what it has passed
         if current is not None:
             yield current
-    except Exception as exc:  # tarfile, network and fsspec errors alike end this shard, not the run
+    except Exception as exc:  # a damaged or missing shard ends this shard, not the run
+        if is_transient(exc):
+            # unreachable storage is not damage: recording the samples as bad would make it permanent. A
+            # TransientError survives the trip out of a DataLoader worker (which re-creates it from its message).
+            raise TransientError(f"reading {url} failed: {type(exc).__name__}: {exc}") from exc
         if current is not None:
             yield BadSample(current["__key__"], url, f"sample cut short by a shard error: {exc}")
         reason = f"shard unreadable after {count} samples: {type(exc).__name__}: {exc}"

@@ -435,6 +435,10 @@ class ShardWriter:
         self._status[offsets] = WRITTEN
         self._reasons[offsets] = ""
 
+    def listed(self, key: str) -> bool:
+        """Whether ``key`` is one of this shard's samples (the manifest's list for it)."""
+        return key in self._offset
+
     def mark_bad(self, key: str, reason: str) -> None:
         """Record that sample ``key`` could not be processed, and why."""
         offset = self._offsets([key])[0]
