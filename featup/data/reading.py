@@ -36,8 +36,8 @@ from featup.data.samples import IGNORE_INDEX, BadSample
 from featup.data.storage import StorageOptions
 from featup.io import TransientError, is_transient
 
-# members webdataset skips: its own metadata (__name__ files and folders)
-_META = re.compile(r"(^|.*/)__[^/]*__($|/)")
+# members webdataset skips: its own metadata (a leading __name__ file or folder)
+_META = re.compile(r"__[^/]*__($|/)")
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff")
 Size = int | tuple[int, int]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import urllib.parse
 from typing import Any, TypedDict
 
 import numpy as np
@@ -62,6 +63,34 @@ def check_key(key: object) -> str:
             "replace dots, e.g. key.replace('.', '_')"
         )
     return key
+
+
+def _escape(char: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogateescape"))
+
+
+def key_for_name(name: str) -> str:
+    """A sample key for a file name or relative path that is unique and reversible (:func:`name_for_key`).
+
+    Percent-escapes what webdataset or the key contract cannot carry: '.', '%' itself, control
+    characters, whitespace at the start and a leading '__'. So ``dots.in.name.jpg``,
+    ``dots_in_name.jpg``, ``same.jpg`` and ``same.png`` get four different keys, whatever the names.
+    """
+    if not name:
+        raise ValueError("an empty name has no key")
+    out = []
+    for i, char in enumerate(name):
+        if (char in "%." or ord(char) < 32 or ord(char) == 127 or (i == 0 and char.isspace())
+                or (i == 0 and name.startswith("__"))):
+            out.append(_escape(char))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def name_for_key(key: str) -> str:
+    """The file name or relative path that :func:`key_for_name` made ``key`` from."""
+    return urllib.parse.unquote(key, errors="surrogateescape")
 
 
 def check_sample(sample: Sample) -> None:

@@ -75,6 +75,12 @@ class _Shard:
         self._ctx.__exit__(type(exc), exc, exc.__traceback__)
 
 
+def _source_of(sample: Any) -> str:
+    """Where a sample came from, for its bad-sample record: the file its layout read, else its key."""
+    meta = sample.get("meta") if isinstance(sample.get("meta"), dict) else {}
+    return str(meta.get("file") or meta.get("source") or f"sample {sample.get('__key__')!r}")
+
+
 def write_shards(
     samples: Iterable[Sample | BadSample],
     url: str,
@@ -109,7 +115,7 @@ def write_shards(
         )
     shards: list[ShardInfo] = []
     bad: list[BadSample] = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # key -> where its sample came from
     has_label = has_depth = False
     current: _Shard | None = None
 
@@ -128,15 +134,16 @@ def write_shards(
                 bad.append(item)
                 continue
             key = item.get("__key__")
+            source = _source_of(item)
             try:
                 check_sample(item)
             except ValueError as exc:
-                bad.append(BadSample(key if isinstance(key, str) else None, "write_shards", str(exc)))
+                bad.append(BadSample(key if isinstance(key, str) else None, source, str(exc)))
                 continue
             if key in seen:
-                bad.append(BadSample(key, "write_shards", "duplicate key: an earlier sample already has it"))
+                bad.append(BadSample(key, source, f"duplicate key: {seen[key]} already has it"))
                 continue
-            seen.add(key)
+            seen[key] = source
             encoded = encode_sample(item, image_format=image_format, jpeg_quality=jpeg_quality)
             size = _tar_bytes(encoded)
             if current is not None and (len(current.keys) >= max_count or current.bytes + size > max_bytes):

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from featup.data.images import ImageError, decode_depth, decode_label, decode_rgb
+from featup.data.samples import key_for_name
+from featup.io import is_transient
 from featup.data.storage import StorageOptions, filesystem
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff", ".gif")
@@ -41,10 +43,18 @@ class SourceTree:
         return self.fs.cat_file(posixpath.join(self.root, rel))
 
 
-def key_for(rel: str) -> str:
-    """A stable sample key from a relative path: no extension, dots replaced (webdataset splits at '.')."""
-    stem = posixpath.splitext(rel)[0]
-    return stem.replace(".", "_")
+def key_for(name: str) -> str:
+    """A stable sample key for a name (a relative path, or a stem): unique and reversible, see key_for_name."""
+    return key_for_name(name)
+
+
+def unreadable(exc: OSError) -> str:
+    """Why a file could not be read (a dangling link, a link loop, no permission), for its BadSample; a fault that
+    passes (network, throttling) is raised again instead, so that the ingest is retried rather than the file
+    dropped."""
+    if is_transient(exc):
+        raise exc
+    return f"unreadable file: {type(exc).__name__}: {exc.strerror or exc}"
 
 
 def read_depth(tree: SourceTree | None, stem: str, scale: float) -> tuple[np.ndarray | None, str | None]:
@@ -58,6 +68,8 @@ def read_depth(tree: SourceTree | None, stem: str, scale: float) -> tuple[np.nda
                 return decode_depth(tree.read(rel), name=rel, scale=scale), None
             except ImageError as exc:
                 return None, f"depth map {rel}: {exc}"
+            except OSError as exc:
+                return None, f"depth map {rel}: {unreadable(exc)}"
     return None, None
 
 
@@ -80,12 +92,16 @@ def read_labelled(tree: SourceTree, image_rel: str, label_rel: str, depth_tree: 
         return "listed image is missing"
     except ImageError as exc:
         return str(exc)
+    except OSError as exc:
+        return unreadable(exc)
     try:
         label = decode_label(tree.read(label_rel))
     except FileNotFoundError:
         return f"no label map {label_rel}"
     except ImageError as exc:
         return f"label map {label_rel}: {exc}"
+    except OSError as exc:
+        return f"label map {label_rel}: {unreadable(exc)}"
     if label.shape != image.shape[:2]:
         return f"label map is {label.shape}, image is {image.shape[:2]}"
     depth, problem = read_depth(depth_tree, depth_stem, depth_scale)

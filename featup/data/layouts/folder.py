@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from featup.data.images import MIN_SIDE, ImageError, decode_rgb
 from featup.data.layouts._registry import LayoutSource, register_layout
-from featup.data.layouts._tree import SourceTree, key_for, read_depth
+from featup.data.layouts._tree import SourceTree, key_for, read_depth, unreadable
 from featup.data.samples import BadSample, Sample
 from featup.data.storage import StorageOptions
 
@@ -22,7 +22,11 @@ def image_folder(
     min_side: int = MIN_SIDE,
     storage_options: StorageOptions = None,
 ) -> LayoutSource:
-    """Every image under ``root`` in sorted path order; key = path without extension (dots → '_').
+    """Every image under ``root`` in sorted path order; key = the relative path, percent-escaped (``sub/a%2Ejpg``).
+
+    Keys are unique and reversible for any file name (``featup.data.samples.name_for_key``): files that
+    differ only in dots or in extension stay apart. A file that cannot be read is recorded, with its path,
+    as a bad sample, and the ingest goes on.
 
     Depth maps, when ``depth_root`` is given, are ``<depth_root>/<same relative path>.npy`` (float,
     metres) or ``.png`` (16-bit, divided by ``depth_scale``). ``exif_transpose`` (camera orientation
@@ -42,6 +46,9 @@ def image_folder(
                 image, notes = decode_rgb(tree.read(rel), min_side=min_side, exif_transpose=exif_transpose)
             except ImageError as exc:
                 yield BadSample(key, source, str(exc))
+                continue
+            except OSError as exc:  # a dangling symlink, a symlink loop, no permission: this file only
+                yield BadSample(key, source, unreadable(exc))
                 continue
             depth, problem = read_depth(depth_tree, posixpath.splitext(rel)[0], depth_scale)
             if problem:
