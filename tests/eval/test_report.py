@@ -173,3 +173,18 @@ def test_table_records_use_the_same_scale_as_the_table(comparison):
                           "Acc. % ↑": 68.62, "RMSE ↓": None, "δ<1.25 % ↑": None, "upsampling s, total": 3.5,
                           "s / image": 0.269}
     assert records[0]["δ<1.25 % ↑"] == 62.0 and records[0]["s / image"] is None
+
+
+def test_a_real_cam_caption_gets_its_imagenet_name(tmp_path, cam_backbone):
+    from featup.data.offline import photo_crops
+    from featup.eval.compare import compare_upsamplers
+    from featup.eval.imagenet_classes import imagenet_class_name
+
+    photo = list(photo_crops(1, size=96, names=["chelsea"]))  # a tabby cat
+    result = compare_upsamplers(cam_backbone, {"lowres": None}, cam_images=photo,
+                                settings=CompareSettings(image_size=96), progress=False)
+    index = int(result.examples["cam"].caption.split("(")[1].split(")")[0])
+    named = f"{imagenet_class_name(index)} ({index}), p = "
+    write_report(result, str(tmp_path / "r"))
+    assert named in (tmp_path / "r" / "report.md").read_text()
+    assert "cat" in imagenet_class_name(index)
