@@ -290,8 +290,11 @@ def _settings_sentences(comparison: Comparison, backbone: str | None) -> list[st
             out.append(f"Segmentation labels are shrunk to the feature grid for training by taking "
                        f"{_LABEL_REDUCE.get(s.label_reduce, repr(s.label_reduce))}; scoring is at the labels' "
                        "full resolution.")
-        out.append(f"Probes train for {s.seg_steps} (segmentation) / {s.depth_steps} (depth) steps on "
-                   f"{s.pixels_per_image} pixels sampled per training image.")
+        steps = [f"{n} steps ({what})" for task, what, n in (("seg", "segmentation", s.seg_steps),
+                                                              ("depth", "depth", s.depth_steps))
+                 if f"{task}_test" in comparison.counts]
+        out.append(f"Probes train for {' and '.join(steps)} on {s.pixels_per_image} pixels sampled per "
+                   "training image.")
     baseline = _baseline(comparison.rows)
     out.append("Predictions and CAMs on a grid coarser than the image "
                + (f"(the {baseline} row, which is not upsampled) " if baseline else "") + "are enlarged with "
