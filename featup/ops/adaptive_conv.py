@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import torch
 
-__all__ = ["BACKEND_ENV_VAR", "BACKENDS", "adaptive_conv"]
+__all__ = ["BACKEND_ENV_VAR", "BACKENDS", "COMPILED_WINDOWS", "adaptive_conv", "compiled_kernel"]
 
 BACKEND_ENV_VAR = "FEATUP_ADAPTIVE_CONV"
 BACKENDS = ("auto", "compiled", "torch")
@@ -28,6 +28,9 @@ BACKENDS = ("auto", "compiled", "torch")
 # Elements of one channel block (4 MiB of float32): a block of input and output stays in cache across
 # the d² taps; whole-tensor taps re-stream C×H×W per tap, which made the filter gradient many times slower.
 _BLOCK_ELEMENTS = 1 << 20
+
+# Window sizes the compiled kernels are instantiated for (kernels/csrc/adaptive_conv.h, dispatch_window).
+COMPILED_WINDOWS = (1, 3, 5, 7, 9)
 
 _BUILD_HINT = (
     "Build the kernels: `pip install ./kernels` from a featup checkout, or let the first call JIT-compile "
@@ -47,20 +50,37 @@ def adaptive_conv(
     ``$FEATUP_ADAPTIVE_CONV`` (default ``auto``).
     """
     _check_inputs(x_padded, filters)
-    choice = _resolve_backend(backend)
-    if choice != "torch":
-        device_type = x_padded.device.type
-        compiled = _kernels().compiled_adaptive_conv(device_type)
-        if compiled is not None:
-            return compiled(x_padded, filters)
-        if choice == "compiled":
-            raise RuntimeError(
-                f"got backend 'compiled', but no compiled adaptive-conv kernel is available for device "
-                f"'{device_type}' ({_kernels().compiled_unavailable_reason(device_type)}). {_BUILD_HINT}, or use "
-                f"backend='auto' / {BACKEND_ENV_VAR}=auto to fall back to pure PyTorch."
-            )
-        _warn_fallback(device_type)
+    kernel = compiled_kernel(x_padded, filters.shape[-1], backend)
+    if kernel is not None:
+        return kernel(x_padded, filters)
     return _AdaptiveConvFunction.apply(x_padded, filters)
+
+
+def compiled_kernel(tensor: torch.Tensor, window: int, backend: str | None) -> Callable | None:
+    """The compiled adaptive conv when it serves ``tensor``'s device and this window under ``backend``, else None.
+
+    When it returns the kernel, ``torch.ops.featup``'s ops are loaded for that device too. None means: use the
+    pure-PyTorch path; ``auto`` takes it where no kernel is built (warning once) or for a window the kernels are
+    not instantiated for, ``compiled`` raises instead.
+    """
+    choice = _resolve_backend(backend)
+    if choice == "torch":
+        return None
+    device_type = tensor.device.type
+    kernel = _kernels().compiled_adaptive_conv(device_type)
+    if kernel is not None and window in COMPILED_WINDOWS:
+        return kernel
+    if kernel is not None and choice == "auto":
+        return None
+    if choice == "compiled":
+        reason = (f"the compiled kernels take windows d in {COMPILED_WINDOWS}, got d={window}" if kernel is not None
+                  else _kernels().compiled_unavailable_reason(device_type))
+        raise RuntimeError(
+            f"got backend 'compiled', but no compiled adaptive-conv kernel is available for device '{device_type}' ({reason}). "
+            f"{_BUILD_HINT}, or use backend='auto' / {BACKEND_ENV_VAR}=auto to fall back to pure PyTorch."
+        )
+    _warn_fallback(device_type)
+    return None
 
 
 def _resolve_backend(backend: str | None) -> str:

@@ -11,10 +11,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from featup.backbones import IMAGENET_MEAN, IMAGENET_STD
 from featup.checkpoints import load_checkpoint, save_checkpoint
 from featup.downsamplers import AttentionDownsampler, SimpleDownsampler
 from featup.jitter import apply_jitter, sample_jitter
-from featup.losses import UncertaintyScale, gaussian_nll, project, random_projection
+from featup.losses import (
+    UncertaintyScale,
+    crf_loss,
+    gaussian_nll,
+    project,
+    random_projection,
+)
 from featup.training._common import (
     LogFn,
     check_backbone,
@@ -27,6 +34,10 @@ from featup.training._common import (
 from featup.upsamplers import JBUStack, create_upsampler
 
 __all__ = ["train_jbu", "training_state_path"]
+
+# The CRF term compares colours of the ImageNet-normalised image, the published guidance.
+_IMAGENET_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+_IMAGENET_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def training_state_path(checkpoint: str | os.PathLike) -> str:
@@ -105,6 +116,9 @@ def train_jbu(
     projection_dim: int = 30,
     warmup_clip_steps: int = 10,
     lr_decay: bool = False,
+    range_kernel: str = "distance",
+    init: str = "bilateral",
+    crf_weight: float = 0.0,
     seed: int = 0,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
@@ -120,6 +134,11 @@ def train_jbu(
     (pad 20, zoom ≤ 2), attention downsampler with windows = the backbone's patches, 30-d random
     projections, gradient-norm clip 1e-4 for the first 10 steps, constant learning rate (``lr_decay``
     anneals it to zero over ``steps`` on a cosine, which lets short runs end in a settled state).
+    A new stack has the bilateral range kernel (``range_kernel="distance"``) and starts as the classical
+    joint bilateral upsampler (``init="bilateral"``); ``range_kernel="dot", init="random"`` is the published
+    layer and initialisation (see ``featup.upsamplers.jbu`` for why featup departs from it).
+    ``crf_weight`` adds FeatUp's sampled dense-CRF term (``featup.losses.crf_loss``; the published weight is
+    0.001) on each image's first view, with features and image aligned.
     ``head_lr`` (default ``lr``) is the rate of the downsampler and the uncertainty net, which are linear in
     the backbone's channels: one NAdam step moves their outputs in proportion to the width, so a
     1280-channel head wants a smaller rate than the upsampler's to stay stable.
@@ -139,12 +158,20 @@ def train_jbu(
                          f"use {image_size // stride * stride} or {(image_size // stride + 1) * stride}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=<path or URL> to resume from")
+    if init not in ("bilateral", "random"):
+        raise ValueError(f"got init={init!r}, expected 'bilateral' or 'random'")
+    if init == "bilateral" and range_kernel != "distance":
+        raise ValueError("init='bilateral' needs range_kernel='distance'; use init='random' for the dot-product kernel")
     device = device_of(backbone)
     grid = (image_size // stride, image_size // stride)
     backbone.eval()
     config = {"backbone": getattr(backbone, "id", backbone.name), "image_size": image_size, "batch_size": batch_size,
               "num_jitters": num_jitters, "lr": lr, "downsampler": downsampler, "max_pad": max_pad,
               "max_zoom": max_zoom, "projection_dim": projection_dim, "seed": seed, "lr_decay": lr_decay}
+    if upsampler is None:
+        config |= {"range_kernel": range_kernel, "init": init}
+    if crf_weight:
+        config["crf_weight"] = crf_weight
     if lr_decay:
         config["steps"] = steps  # the schedule depends on the run's length
     if head_lr is not None:
@@ -153,7 +180,9 @@ def train_jbu(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         if upsampler is None:
-            upsampler = create_upsampler("jbu", dim=backbone.dim)
+            upsampler = create_upsampler("jbu", dim=backbone.dim, range_kernel=range_kernel)
+            if init == "bilateral":
+                upsampler.init_bilateral()
         parts = nn.ModuleDict({
             "upsampler": upsampler,
             "downsampler": _make_downsampler(downsampler, backbone.dim, stride, stride),
@@ -196,6 +225,10 @@ def train_jbu(
             scale = parts["scale"](targets)
             goal = project(targets, projection)
             loss = gaussian_nll(pooled.float(), goal, scale)
+            if crf_weight:
+                first_views = values.unflatten(0, (len(indices), num_jitters))[:, 0].float()
+                guidance = (batch - _IMAGENET_MEAN.to(batch)) / _IMAGENET_STD.to(batch)
+                loss = loss + crf_weight * crf_loss(guidance, first_views, g)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if step < warmup_clip_steps:
@@ -204,6 +237,14 @@ def train_jbu(
 
             mse = (pooled.detach().float() - goal).square().mean()
             record = {"step": step + 1, "loss": loss.item(), "mse": mse.item(), "scale": scale.mean().item()}
+            if isinstance(parts["upsampler"], JBUStack) and (step % 10 == 0 or step + 1 == steps):
+                # Whether the layers still look at the image: a range kernel of log(d²) nats ignores it.
+                upsampler = parts["upsampler"].eval()
+                entropies = upsampler.range_entropy(batch[:1], grid)
+                record |= {f"range_entropy{k + 1}": e for k, e in enumerate(entropies)}
+                record |= {f"range_temp{k + 1}": layer.range_temp.exp().item()
+                           for k, layer in enumerate(upsampler.layers)}
+                upsampler.train()
             history.append(record)
             if log is not None:
                 log(record)

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featup.backbones import IMAGENET_MEAN, IMAGENET_STD, Normalize
-from featup.ops import adaptive_conv
+from featup.ops import adaptive_conv, neighbour_products
 from featup.upsamplers._inputs import check_features_and_image, resolve_output_size
 from featup.upsamplers._registry import register_upsampler
 
@@ -69,17 +69,6 @@ def spatial_logits(diameter: int, sigma: torch.Tensor | float, *, device=None, d
     offsets = torch.linspace(-1, 1, diameter, device=sigma.device, dtype=sigma.dtype)
     squared_distance = offsets[:, None].square() + offsets[None, :].square()
     return (-squared_distance / (2 * sigma**2)).reshape(-1)
-
-
-def neighbour_products(queries: torch.Tensor, radius: int) -> torch.Tensor:
-    """``⟨q(x+Δp), q(x)⟩`` for every tap of the (2r+1)² window (reflect border): B×C×H×W → B×d²×H×W."""
-    height, width = queries.shape[-2:]
-    d = 2 * radius + 1
-    keys = F.pad(queries, [radius] * 4, mode="reflect")
-    # One tap at a time: unfolding the keys would hold a B×C·d²×H×W tensor.
-    return torch.stack(
-        [(keys[:, :, i : i + height, j : j + width] * queries).sum(1) for i in range(d) for j in range(d)], dim=1
-    )
 
 
 def neighbour_values(values: torch.Tensor, radius: int) -> torch.Tensor:
@@ -225,6 +214,18 @@ class JBUStack(nn.Module):
             layer.init_bilateral(colour_sigma, spatial_sigma, IMAGENET_STD)
         self.fixup_proj[1].weight.zero_()
         self.fixup_proj[1].bias.zero_()
+
+    @torch.no_grad()
+    def range_entropy(self, image: torch.Tensor, grid: Sequence[int],
+                      output_size: int | Sequence[int] | None = None) -> list[float]:
+        """Mean entropy (nats) of each layer's range kernel over the taps: log(d²) when it ignores the image."""
+        guidance = self.normalize(image)
+        stages = self.stage_sizes(grid, resolve_output_size(output_size, image))
+        entropies = []
+        for layer, stage in zip(self.layers, stages, strict=True):
+            log_kernel = F.log_softmax(layer.range_logits(guidance_at(guidance, stage)), dim=1)
+            entropies.append(float(-(log_kernel.exp() * log_kernel).sum(1).mean()))
+        return entropies
 
     def forward(
         self, features: torch.Tensor, image: torch.Tensor, output_size: int | Sequence[int] | None = None

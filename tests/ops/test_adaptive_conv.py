@@ -216,3 +216,15 @@ def test_importing_ops_loads_no_extension():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_auto_takes_pure_path_for_windows_the_kernels_lack(fresh_dispatch):
+    def compiled(x_padded, filters):
+        raise AssertionError("the compiled kernel was given a window it is not instantiated for")
+
+    fresh_dispatch.setattr(_extension, "compiled_adaptive_conv", lambda device_type: compiled)
+    x = torch.randn(1, 2, 16, 16, dtype=torch.float64)
+    filters = torch.randn(1, 6, 6, 11, 11, dtype=torch.float64)
+    torch.testing.assert_close(adaptive_conv(x, filters), unfold_reference(x, filters))
+    with pytest.raises(RuntimeError, match=r"windows d in \(1, 3, 5, 7, 9\), got d=11"):
+        adaptive_conv(x, filters, backend="compiled")
