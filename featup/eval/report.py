@@ -279,12 +279,14 @@ def _settings_sentences(comparison: Comparison, backbone: str | None) -> list[st
         low = next((v for k, v in features.outputs.items() if _is_baseline(k)), None)
         if low is not None and low.ndim == 3:
             grid = f" (the backbone's own features are a {low.shape[1]}×{low.shape[2]} grid of {low.shape[0]} channels)"
-    out.append((f"Backbone {backbone}: " if backbone else "")
-               + f"images are resized to {s.image_size}×{s.image_size} px{grid}; upsamplers produce "
-               f"{dense_size}×{dense_size} features for the probes"
-               + (f" and {s.cam_output_size or dense_size}×{s.cam_output_size or dense_size} for the CAMs."
-                  if comparison.counts.get("cam") else "."))
-    if any(f"{t}_test" in comparison.counts for t in ("seg", "depth")):
+    probes = any(f"{t}_test" in comparison.counts for t in ("seg", "depth"))
+    cam_size = s.cam_output_size or dense_size
+    outputs = ([f"{dense_size}×{dense_size} features for the probes"] if probes else []) \
+        + ([f"{cam_size}×{cam_size} features for the CAMs"] if comparison.counts.get("cam") else [])
+    out.append((f"Backbone {backbone}: images" if backbone else "Images")
+               + f" are resized to {s.image_size}×{s.image_size} px{grid}"
+               + (f"; upsamplers produce {' and '.join(outputs)}." if outputs else "."))
+    if probes:
         out.append(f"Probe protocol '{s.probe_protocol}': " + _PROTOCOLS.get(s.probe_protocol, s.probe_protocol))
         if s.probe_protocol != "full" and "seg_test" in comparison.counts:
             out.append(f"Segmentation labels are shrunk to the feature grid for training by taking "
