@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from featup.data.layouts import ade20k, cocostuff, folder, offline  # noqa: F401  (each registers its layout)
+from featup.data.layouts import ade20k, cocostuff, folder, offline, pool  # noqa: F401  (each registers its layout)
 from featup.data.layouts._registry import LayoutSource, get_layout, list_layouts, register_layout
 from featup.data.manifest import Manifest
 from featup.data.shards import write_shards
