@@ -188,3 +188,21 @@ def test_a_real_cam_caption_gets_its_imagenet_name(tmp_path, cam_backbone):
     write_report(result, str(tmp_path / "r"))
     assert named in (tmp_path / "r" / "report.md").read_text()
     assert "cat" in imagenet_class_name(index)
+
+
+def test_figures_fill_their_width_and_scale_down_with_the_page(tmp_path, comparison):
+    write_report(comparison, str(tmp_path / "r"))
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "max-width:100%" in page and "height:auto" in page and "name='viewport'" in page
+    for name in ("metrics.png", "features.png", "segmentation.png", "depth.png", "cam.png"):
+        pixels = np.asarray(Image.open(tmp_path / "r" / name).convert("L"))
+        ink_rows, ink_cols = np.where(pixels < 245)
+        # Cropped to what is drawn: no blank margin wider than a few pixels on any side.
+        assert ink_rows.min() < 16 and ink_cols.min() < 16, name
+        assert pixels.shape[0] - ink_rows.max() < 16 and pixels.shape[1] - ink_cols.max() < 16, name
+
+
+def test_markdown_can_link_figures_where_they_were_published(comparison):
+    markdown = report_markdown(comparison, figure_base="https://bucket.example/report/")
+    assert "![Metrics](https://bucket.example/report/metrics.png)" in markdown
+    assert "![Class activation maps](https://bucket.example/report/cam.png)" in markdown
