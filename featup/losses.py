@@ -111,3 +111,31 @@ def crf_loss(guidance: torch.Tensor, features: torch.Tensor, generator: torch.Ge
     picked = features[:, :, ys, xs]
     feature_diff = (picked[..., None] - picked[..., None, :]).square().sum(1)
     return (feature_diff * kernel).mean()
+
+
+def image_edge_weights(image: torch.Tensor, sigma: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights ``exp(-‖Δcolour‖² / (2σ²))`` of vertical (B×(H-1)×W×1) and horizontal (B×H×(W-1)×1) neighbours.
+
+    Near 1 where a B×3×H×W image (0..1) is flat, near 0 across its edges: what ``edge_aware_smoothness``
+    charges a feature change between those neighbours.
+    """
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"expected a B×3×H×W image, got shape {tuple(image.shape)}")
+    if sigma <= 0:
+        raise ValueError(f"edge sigma must be positive, got {sigma}")
+    dy = (image[:, :, 1:] - image[:, :, :-1]).square().sum(1)
+    dx = (image[:, :, :, 1:] - image[:, :, :, :-1]).square().sum(1)
+    return torch.exp(-dy / (2 * sigma**2))[..., None], torch.exp(-dx / (2 * sigma**2))[..., None]
+
+
+def edge_aware_smoothness(features: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Σ over images of the mean of weight · (Δfeature)² over neighbour pairs and channels (B×H×W×C, channels last).
+
+    A total variation that is cheap across the image's edges (``image_edge_weights``) and dear inside
+    flat regions: feature changes are pushed onto the image's edges.
+    """
+    wy, wx = weights
+    dy = (features[:, 1:] - features[:, :-1]).square()
+    dx = (features[:, :, 1:] - features[:, :, :-1]).square()
+    per_image = (dy * wy).mean((1, 2, 3)) + (dx * wx).mean((1, 2, 3))
+    return per_image.sum()

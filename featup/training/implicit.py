@@ -1,17 +1,50 @@
-"""Fitting FeatUp's implicit upsampler to one image by multi-view consistency."""
+"""Fitting FeatUp's implicit upsampler to images by multi-view consistency: one image, or a batch at once.
+
+The objective is the published one (``recipe="published"``): uncertainty-weighted likelihood of every
+jittered view's backbone features given the rendered high-res features, jittered the same way and
+pooled by an attention downsampler with overlapping windows, in a PCA space of the features, plus
+magnitude, TV-of-magnitude and blur-pin regularisers. featup's default (``recipe="featup"``) keeps
+that objective and changes the model and the budget: a residual over the bilinear upsampling of the
+backbone's own features (so meaning is there from step 0), Fourier frequencies capped at e^4 instead
+of e^10 (so the MLP cannot hash colours into texture), an edge-aware smoothness term (feature changes
+cost little where the image has an edge), fewer steps. ``docs/bench/implicit.md`` has the ablations.
+
+Speed (``engine="fast"``, the default; ``engine="reference"`` is the straightforward path the tests
+compare it with, same loss at the same seed to float tolerance):
+
+- the sines and cosines of the Fourier features' arguments are computed once per fit; a step only
+  mixes them with its learned phases (sin(a + φ) = sin a cos φ + cos a sin φ);
+- the MLP runs channels-last as batched matrix products (``baddbmm``), one MLP per image of a batch;
+- a view's jitter, blur, padding and window layout are fixed when the view is drawn, and separable: per
+  view and window they are two small matrices, so the pooled features of all views are ONE sparse
+  matrix product with the rendered map (its weights rebuilt each step from the attention), instead of
+  resampling, blurring and padding every channel of every view;
+- with random projections, the views are pooled in the full space and projected afterwards (linear).
+
+Every random draw of image i of a batch comes from its own generator seeded ``seed + i``, so a batch
+fit gives each image exactly what ``fit_implicit(image, seed=seed + i)`` gives it.
+"""
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from featup.downsamplers import AttentionDownsampler
-from featup.jitter import Jitter, apply_jitter, sample_jitter
+from featup.downsamplers import AttentionDownsampler, _blur, _fit_span, _window_sum, gaussian_blur
+from featup.jitter import Jitter, _axis_coords, apply_jitter, sample_jitter
 from featup.losses import (
     UncertaintyScale,
     blur_pin_loss,
+    edge_aware_smoothness,
     gaussian_nll,
+    image_edge_weights,
     magnitude,
     magnitude_loss,
     project,
@@ -19,140 +52,560 @@ from featup.losses import (
     total_variation,
 )
 from featup.pca import principal_directions
-from featup.training._common import (
-    LogFn,
-    check_backbone,
-    device_of,
-    gpu_autocast,
-    pool_views,
-    scheduled_lr,
-)
+from featup.training._common import LogFn, check_backbone, device_of, gpu_autocast, scheduled_lr
 from featup.upsamplers.implicit import ImplicitUpsampler
 
-__all__ = ["fit_implicit"]
+__all__ = ["RECIPES", "ImplicitRecipe", "fit_implicit", "fit_implicit_batch", "implicit_recipe"]
 
 
-def fit_implicit(
-    image: torch.Tensor,
-    backbone: nn.Module,
-    *,
-    steps: int = 200,
-    views: int = 256,
-    views_per_step: int = 10,
-    lr: float = 2e-2,
-    warmup_steps: int = 20,
-    max_pad: int = 30,
-    max_zoom: float = 1.8,
-    proj_dim: int = 128,
-    projection_dim: int | None = None,
-    pca_views: int = 50,
-    magnitude_weight: float = 0.001,
-    tv_weight: float = 0.05,
-    blur_pin_weight: float = 0.1,
-    lr_decay: bool = True,
-    windows: str = "centred",
-    featurize_batch: int = 64,
-    seed: int = 0,
-    progress: bool = True,
-    log: LogFn | None = None,
-) -> ImplicitUpsampler:
+@dataclass(frozen=True)
+class ImplicitRecipe:
+    """Everything that decides an implicit fit except the image, the backbone and the seed."""
+
+    steps: int = 200
+    views: int = 256
+    views_per_step: int = 10
+    lr: float = 2e-2
+    lr_decay: bool = True
+    warmup_steps: int = 20
+    max_pad: int = 30
+    max_zoom: float = 1.8
+    proj_dim: int = 128
+    projection_dim: int | None = None
+    pca_views: int = 50
+    magnitude_weight: float = 0.001
+    tv_weight: float = 0.05
+    blur_pin_weight: float = 0.1
+    edge_weight: float = 0.0
+    edge_sigma: float = 0.1
+    windows: str = "centred"
+    residual: bool = False
+    n_freqs: int = 30
+    min_log_freq: float = -2.0
+    max_log_freq: float = 10.0
+    hidden_dim: int = 128
+    dropout: float = 0.2
+    learn_phases: bool = True
+    featurize_batch: int = 64
+
+
+RECIPES: dict[str, ImplicitRecipe] = {
+    # The published recipe: 1200 NAdam steps of 10 views from 3000, constant rate, the published windows.
+    "published": ImplicitRecipe(steps=1200, views=3000, lr=2e-3, lr_decay=False, windows="published"),
+    # featup before issue 13: the published objective on a pool of 256 views, 200 steps at a 10× rate.
+    "featup-v0": ImplicitRecipe(),
+    # The default: residual over bilinear, frequencies to e^4, edge-aware smoothness, a CPU budget.
+    "featup": ImplicitRecipe(steps=60, views=48, views_per_step=4, lr=5e-3, warmup_steps=5, pca_views=48,
+                             residual=True, max_log_freq=4.0, edge_weight=1.0, blur_pin_weight=0.0,
+                             dropout=0.0, learn_phases=False),
+}
+
+
+def implicit_recipe(recipe: str | ImplicitRecipe = "featup", **overrides) -> ImplicitRecipe:
+    """A named recipe (``RECIPES``) or a given one, with some fields replaced."""
+    if isinstance(recipe, str):
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown implicit recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+        recipe = RECIPES[recipe]
+    names = {f.name for f in fields(ImplicitRecipe)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unknown implicit fit options {unknown}; the recipe's fields are {sorted(names)}")
+    recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None or k == "projection_dim"})
+    if recipe.windows not in ("centred", "published"):
+        raise ValueError(f"unknown windows {recipe.windows!r}; choose 'centred' or 'published'")
+    if recipe.steps < 0 or recipe.views < 1 or recipe.views_per_step < 1:
+        raise ValueError(f"got steps={recipe.steps}, views={recipe.views}, views_per_step={recipe.views_per_step}; "
+                         "expected steps >= 0 and at least one view")
+    return recipe
+
+
+def fit_implicit(image: torch.Tensor, backbone: nn.Module, *, recipe: str | ImplicitRecipe = "featup",
+                 seed: int = 0, engine: str = "fast", progress: bool = True, log: LogFn | None = None,
+                 **options) -> ImplicitUpsampler:
     """Fit an implicit upsampler to one 3×H×W (or 1×3×H×W) image in 0..1 for a frozen backbone.
 
-    Objective as published: uncertainty-weighted likelihood in a ``proj_dim``-d PCA space of the
-    features (fitted on the first ``pca_views`` views), attention downsampler with overlapping windows,
-    plus 0.001·magnitude + 0.05·TV of the magnitude map + 0.1·blur-pin. ``projection_dim`` compares
-    prediction and target through random per-view projections (cheaper for the 128-d space).
-
-    Recipe: the published one is ``steps=1200, views=3000, lr=2e-3, lr_decay=False,
-    windows="published"`` (about a minute per image on an A100). featup's default featurises a pool
-    of 256 jittered views once and takes 200 steps at a 10× higher peak rate (20-step warm-up, cosine
-    decay), with windows centred on the backbone's patches (``"centred"``: stride = patch, width
-    2·patch − 2) instead of the published layout (width 2·patch − 3 at stride patch − 1, whose centres
-    drift up to 6.5 px off the patches at 224 px). ``bench/synthetic.py --recipes`` runs the two recipes
-    side by side on the synthetic task (quality, training MSE and time per image). Fitting happens in units
-    of the PCA coefficients' RMS, so the MLP and the uncertainty net start near their targets' scale.
+    ``recipe`` names a recipe in ``RECIPES`` (``"featup"``, the default; ``"published"``; ``"featup-v0"``)
+    and ``options`` replace its fields (``steps=100``, ``max_log_freq=10``, ...). ``log`` receives each
+    step's loss terms. See the module's docstring for what the recipes do and ``fit_implicit_batch`` for
+    many images at once.
     """
-    check_backbone(backbone)
     if image.ndim == 3:
         image = image[None]
     if image.ndim != 4 or image.shape[:2] != (1, 3) or not image.is_floating_point():
         raise ValueError(f"expected one 3×H×W float image in 0..1, got {image.dtype} {tuple(image.shape)}")
+    return fit_implicit_batch(image, backbone, recipe=recipe, seed=seed, engine=engine, progress=progress,
+                              log=log, **options)[0]
+
+
+def fit_implicit_batch(images: torch.Tensor | Sequence[torch.Tensor], backbone: nn.Module, *,
+                       recipe: str | ImplicitRecipe = "featup", seed: int = 0, engine: str = "fast",
+                       progress: bool = True, log: LogFn | None = None, **options) -> list[ImplicitUpsampler]:
+    """Fit one implicit upsampler per image of a B×3×H×W batch (0..1), all B MLPs in one vectorised loop.
+
+    Image i gets exactly the fit ``fit_implicit(images[i], seed=seed + i)`` gives it (float tolerance):
+    its own views, dropout and parameters, drawn from its own generator; the batch only shares the
+    matrix products. ``log`` receives the losses summed over the batch.
+    """
+    check_backbone(backbone)
+    if not isinstance(images, torch.Tensor):
+        images = torch.stack([torch.as_tensor(x) for x in images])
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] < 1 or not images.is_floating_point():
+        raise ValueError(f"expected a B×3×H×W float batch of images in 0..1 (B >= 1), got {images.dtype} "
+                         f"{tuple(images.shape)}")
+    if engine not in ("fast", "reference"):
+        raise ValueError(f"unknown engine {engine!r}; choose 'fast' or 'reference'")
+    cfg = implicit_recipe(recipe, **options)
     stride = backbone.stride
-    h, w = image.shape[-2:]
+    h, w = images.shape[-2:]
     if h % stride or w % stride:
         raise ValueError(f"image size {h}×{w} is not divisible by the backbone's stride {stride}; resize it first "
                          "(featup.backbones.resize_to_stride)")
-    if windows not in ("centred", "published"):
-        raise ValueError(f"unknown windows {windows!r}; choose 'centred' or 'published'")
-    if steps < 0 or views < 1 or views_per_step < 1:
-        raise ValueError(f"got steps={steps}, views={views}, views_per_step={views_per_step}; expected steps >= 0 "
-                         "and at least one view")
     device = device_of(backbone)
-    grid = (h // stride, w // stride)
     backbone.eval()
-    g = torch.Generator().manual_seed(seed)
+    fit = _BatchFit(images.to(device), backbone, cfg, seed, engine, progress)
+    fit.run(progress, log)
+    return fit.models
 
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        model = ImplicitUpsampler(backbone.dim, (h, w), proj_dim=proj_dim).to(device)
-        model.set_image(image.to(device))
-        source = model.fitted_image()
-        jitters = [sample_jitter(h, w, max_pad, max_zoom, g) for _ in range(views)]
-        targets = _featurize_views(backbone, source, jitters, featurize_batch, progress)
-        mean, components = _pca(targets[:pca_views], model.proj_dim)
-        model.set_pca(mean, components)
-        coefficients = model.to_pca(targets)
-        # Fit in units of the coefficients' RMS: raw CNN activations reach tens, which would leave the
-        # MLP's output layer and the uncertainty net far from their scale at initialisation.
-        unit = coefficients[:pca_views].square().mean().sqrt().clamp_min(1e-6)
-        model.set_pca(mean, components, unit)
-        targets = coefficients / unit
 
-        downsampler = _implicit_downsampler(windows, model.proj_dim + 1, stride).to(device)
-        scale_net = UncertaintyScale(model.proj_dim).to(device)
-        params = [*model.parameters(), *downsampler.parameters(), *scale_net.parameters()]
-        optimizer = torch.optim.NAdam(params, lr=lr)
+class _BatchFit:
+    """The state of one batched fit: per-image models, generators, view pools and stacked parameters."""
 
-        for step in tqdm(range(steps), desc="implicit fit", disable=not progress):
-            if lr_decay:
+    def __init__(self, images: torch.Tensor, backbone: nn.Module, cfg: ImplicitRecipe, seed: int, engine: str,
+                 progress: bool):
+        self.cfg, self.engine = cfg, engine
+        self.device = images.device
+        b, _, h, w = images.shape
+        self.size = (h, w)
+        stride = backbone.stride
+        self.grid = (h // stride, w // stride)
+        self.generators = [torch.Generator().manual_seed(seed + i) for i in range(b)]
+        self.models: list[ImplicitUpsampler] = []
+        downsamplers, scale_nets = [], []
+        targets, bases, self.jitters = [], [], []
+        for i in range(b):
+            g = self.generators[i]
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(seed + i)
+                model = ImplicitUpsampler(backbone.dim, (h, w), proj_dim=cfg.proj_dim, n_freqs=cfg.n_freqs,
+                                          hidden_dim=cfg.hidden_dim, dropout=cfg.dropout,
+                                          min_log_freq=cfg.min_log_freq, max_log_freq=cfg.max_log_freq,
+                                          base_grid=self.grid if cfg.residual else None).to(self.device)
+                model.set_image(images[i:i + 1])
+                source = model.fitted_image()
+                jitters = [sample_jitter(h, w, cfg.max_pad, cfg.max_zoom, g) for _ in range(cfg.views)]
+                feats = _featurize_views(backbone, source, jitters, cfg.featurize_batch, progress)
+                mean, components = _pca(feats[:cfg.pca_views], model.proj_dim)
+                model.set_pca(mean, components)
+                coefficients = model.to_pca(feats)
+                # Fit in units of the coefficients' RMS: raw CNN activations reach tens, which would leave the
+                # MLP's output layer and the uncertainty net far from their scale at initialisation.
+                unit = coefficients[:cfg.pca_views].square().mean().sqrt().clamp_min(1e-6)
+                model.set_pca(mean, components, unit)
+                if cfg.residual:
+                    with torch.no_grad(), gpu_autocast(self.device):
+                        low = backbone(backbone.normalize(source)).float()
+                    model.set_base(model.to_pca(low))
+                    bases.append(model.render_base((h, w))[0].permute(1, 2, 0).reshape(h * w, -1))
+                downsamplers.append(_implicit_downsampler(cfg.windows, model.proj_dim + 1, stride).to(self.device))
+                scale_nets.append(UncertaintyScale(model.proj_dim).to(self.device))
+            self.models.append(model)
+            targets.append(coefficients / unit)
+            self.jitters.append(jitters)
+        self.targets = torch.stack(targets)  # B×V×P×h×w
+        self.base = torch.stack(bases) if bases else None  # B×HW×P
+        self.params = _StackedParams(self.models, downsamplers, scale_nets)
+        self.window = (downsamplers[0].kernel_size, downsamplers[0].stride, downsamplers[0].padding)
+        self._prepare_inputs(images)
+
+    def _prepare_inputs(self, images: torch.Tensor) -> None:
+        """Fourier arguments (reference) or their sines and cosines (fast), view operators, edge weights."""
+        self.angles, rgbs = [], []
+        for model in self.models:
+            angles, rgb = model.fourier_angles(model.fitted_image())
+            self.angles.append(angles.flatten(-2).flatten(1, 2)[0])  # HW × 5n
+            rgbs.append(rgb.flatten(1, 2)[0])
+        self.angles = torch.stack(self.angles)
+        self.rgb = torch.stack(rgbs)  # B×HW×3
+        if not self.cfg.learn_phases:
+            self.params.phases.requires_grad_(False)
+        self.normalised = None
+        if self.engine == "fast":
+            self.sin, self.cos = self.angles.sin(), self.angles.cos()
+            if not self.cfg.learn_phases:
+                # Frozen phases: the first LayerNorm's input, hence its normalised output, is fixed for the fit.
+                with torch.no_grad():
+                    features = self._features()
+                    self.normalised = F.layer_norm(features, features.shape[-1:])
+                del self.sin, self.cos, self.angles
+            self.ops = [_ViewOperators(jitters, self.size, self.grid, *self.window) for jitters in self.jitters]
+            span = (max(o.support[0] for o in self.ops), max(o.support[1] for o in self.ops))
+            for ops in self.ops:
+                ops.widen(span)
+        self.edge_weights = None
+        if self.cfg.edge_weight:
+            self.edge_weights = image_edge_weights(torch.cat([m.fitted_image() for m in self.models]),
+                                                   self.cfg.edge_sigma)
+
+    def run(self, progress: bool, log: LogFn | None) -> None:
+        cfg = self.cfg
+        optimizer = torch.optim.NAdam(self.params.parameters(), lr=cfg.lr)
+        for step in tqdm(range(cfg.steps), desc="implicit fit", disable=not progress):
+            if cfg.lr_decay:
                 for group in optimizer.param_groups:
-                    group["lr"] = scheduled_lr(lr, step, steps, warmup_steps)
-            model.train()
-            downsampler.train()
-            idx = torch.randint(views, (views_per_step,), generator=g)
-            target = targets[idx.to(device)]
-            projection = None
-            if projection_dim is not None and projection_dim < model.proj_dim:
-                projection = random_projection(views_per_step, model.proj_dim, projection_dim, generator=g,
-                                               device=device)
-            with gpu_autocast(device):
-                hr = model.render()
-                hr_mag = magnitude(hr.float())
-                both = torch.cat([hr_mag, hr.float()], 1)
-                saliency = downsampler.saliency_logits(both)
-                if projection is None:
-                    values = both
-                else:
-                    values = torch.cat([hr_mag.expand(views_per_step, -1, -1, -1),
-                                        torch.einsum("chw,ncd->ndhw", hr[0].float(), projection)], 1)
-                    saliency = saliency.expand(views_per_step, -1, -1, -1)
-                pooled = pool_views(downsampler, values, saliency, [jitters[i] for i in idx.tolist()], grid)
-            pooled = pooled.float()
-            scale = scale_net(target)
-            goal = target if projection is None else project(target, projection)
-            reconstruction = gaussian_nll(pooled[:, 1:], goal, scale)
-            loss = (reconstruction + magnitude_weight * magnitude_loss(pooled[:, :1], target)
-                    + tv_weight * total_variation(hr_mag) + blur_pin_weight * blur_pin_loss(hr.float()))
+                    group["lr"] = scheduled_lr(cfg.lr, step, cfg.steps, cfg.warmup_steps)
+            terms = self.loss()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            terms["loss"].backward()
             optimizer.step()
-
             if log is not None:
-                mse = (pooled[:, 1:].detach() - goal).square().mean()
-                log({"step": step + 1, "loss": loss.item(), "reconstruction": reconstruction.item(),
-                     "mse": mse.item(), "scale": scale.mean().item()})
-    model.upsampler_cfg = {"upsampler": "implicit", "dim": backbone.dim, "backbone": backbone.name}
-    return model.eval()
+                log({"step": step + 1, **{k: float(v.detach()) for k, v in terms.items()}})
+        self.params.write_back(self.models)
+        for model in self.models:
+            model.upsampler_cfg = {"upsampler": "implicit", "dim": model.dim, "recipe": asdict(cfg)}
+            model.eval()
+
+    def loss(self) -> dict[str, torch.Tensor]:
+        """One step's loss, summed over the images (so each image's gradient is its own fit's)."""
+        cfg, p = self.cfg, self.params
+        b, (h, w) = len(self.models), self.size
+        drop = cfg.dropout
+        masks = [_dropout_masks(g, drop, p.w1.shape[1], p.w2.shape[1]) for g in self.generators]
+        mask1 = torch.stack([m[0] for m in masks]).to(self.device)
+        mask2 = torch.stack([m[1] for m in masks]).to(self.device)
+        if self.engine == "fast":
+            normalised = self.normalised
+            if normalised is None:
+                features = self._features()
+                normalised = F.layer_norm(features, features.shape[-1:])
+            hr = p.render_normalised(normalised, mask1, mask2)
+        else:
+            hr = p.render(self._features(), mask1, mask2)
+        if self.base is not None:
+            hr = hr + self.base
+        mag = hr.square().sum(-1, keepdim=True).sqrt()  # B×HW×1
+        values = torch.cat([mag, hr], -1)  # B×HW×(P+1), channels last
+        keep = torch.stack([_keep_mask(g, drop, values.shape[1:]) for g in self.generators]).to(self.device)
+        saliency = torch.baddbmm(p.sal_b[:, None, None], values * keep, p.sal_w[:, :, None])  # B×HW×1
+        idx = [torch.randint(cfg.views, (cfg.views_per_step,), generator=g) for g in self.generators]
+        projection = None
+        proj_dim = p.w3.shape[-1]
+        if cfg.projection_dim is not None and cfg.projection_dim < proj_dim:
+            projection = torch.stack([random_projection(cfg.views_per_step, proj_dim, cfg.projection_dim,
+                                                        generator=g, device=self.device) for g in self.generators])
+        sal_maps = saliency.view(b, 1, h, w)
+        jitters = [self.jitters[i][j] for i in range(b) for j in idx[i].tolist()]
+        v = cfg.views_per_step
+        sal_views = apply_jitter(sal_maps.repeat_interleave(v, 0), jitters)
+        attention = self._attention(sal_views)  # BV×h×w×k×k
+        if self.engine == "fast":
+            pooled = self._pool_fast(values, attention, idx)  # BV×(P+1)×h×w
+            if projection is not None:
+                pooled = torch.cat([pooled[:, :1], project(pooled[:, 1:], projection.flatten(0, 1))], 1)
+        else:
+            pooled = self._pool_reference(values, attention, jitters, projection)
+        target = torch.cat([self.targets[i, idx[i].to(self.device)] for i in range(b)])  # BV×P×h×w
+        scale = p.scale(target)
+        goal = target if projection is None else project(target, projection.flatten(0, 1))
+        reconstruction = magnitude_term = 0
+        for i in range(b):
+            rows = slice(i * v, (i + 1) * v)
+            reconstruction = reconstruction + gaussian_nll(pooled[rows, 1:], goal[rows], scale[rows])
+            magnitude_term = magnitude_term + magnitude_loss(pooled[rows, :1], target[rows])
+        hr_maps = hr.view(b, h, w, -1)
+        tv = sum(total_variation(mag[i].view(1, 1, h, w)) for i in range(b))
+        loss = reconstruction + cfg.magnitude_weight * magnitude_term + cfg.tv_weight * tv
+        if cfg.blur_pin_weight:
+            blur_pin = sum(blur_pin_loss(hr_maps[i:i + 1].permute(0, 3, 1, 2)) for i in range(b))
+            loss = loss + cfg.blur_pin_weight * blur_pin
+        if cfg.edge_weight:
+            loss = loss + cfg.edge_weight * edge_aware_smoothness(hr_maps, self.edge_weights)
+        mse = (pooled[:, 1:].detach() - goal).square().mean() * b
+        return {"loss": loss, "reconstruction": reconstruction, "mse": mse, "scale": scale.mean().detach()}
+
+    def _features(self) -> torch.Tensor:
+        """B×HW×(10n + 3) Fourier features with the current phases."""
+        phases = self.params.phases.flatten(2)  # B×2×5n
+        if self.engine == "fast":
+            cos, sin = phases.cos()[:, :, None], phases.sin()[:, :, None]
+            return torch.cat([self.sin * cos[:, 0] + self.cos * sin[:, 0],
+                              self.cos * cos[:, 1] - self.sin * sin[:, 1], self.rgb], -1)
+        return torch.cat([torch.sin(self.angles + phases[:, None, 0]), torch.cos(self.angles + phases[:, None, 1]),
+                          self.rgb], -1)
+
+    def _attention(self, saliency: torch.Tensor) -> torch.Tensor:
+        """Softmax window weights BV×h×w×k×k from the jittered saliency logits, as AttentionDownsampler does."""
+        k, s, pad = self.window
+        v = self.cfg.views_per_step
+        sal = gaussian_blur(_fit_span(saliency, self.grid, k, s, pad))
+        if pad:
+            sal = F.pad(sal, [pad] * 4, mode="reflect")
+        gh, gw = self.grid
+        windows = F.unfold(sal, k, stride=s).view(sal.shape[0], k * k, gh, gw).permute(0, 2, 3, 1)
+        weight = self.params.att_w.flatten(1).repeat_interleave(v, 0)[:, None, None]
+        bias = self.params.att_b.flatten(1).repeat_interleave(v, 0)[:, None, None]
+        return torch.softmax(windows * weight + bias, dim=-1).view(-1, gh, gw, k, k)
+
+    def _pool_reference(self, values: torch.Tensor, attention: torch.Tensor, jitters: list[Jitter],
+                        projection: torch.Tensor | None) -> torch.Tensor:
+        """Jitter, fit, blur, pad and window-sum every channel of every view (the straightforward way)."""
+        b, (h, w) = len(self.models), self.size
+        k, s, pad = self.window
+        v = self.cfg.views_per_step
+        maps = values.view(b, h, w, -1).permute(0, 3, 1, 2)
+        if projection is None:
+            maps = maps.repeat_interleave(v, 0)
+        else:
+            projected = torch.einsum("bchw,bvcd->bvdhw", maps[:, 1:], projection).flatten(0, 1)
+            maps = torch.cat([maps[:, :1].repeat_interleave(v, 0), projected], 1)
+        features = _fit_span(apply_jitter(maps, jitters), self.grid, k, s, pad)
+        m = math.ceil(k / s)
+        extra_rows = (self.grid[0] + m - 1) * s - features.shape[-2] - 2 * pad
+        extra_cols = (self.grid[1] + m - 1) * s - features.shape[-1] - 2 * pad
+        if pad:
+            padded = F.pad(gaussian_blur(features), [pad, pad + extra_cols, pad, pad + extra_rows], mode="reflect")
+        else:
+            padded = _blur(features, extra_rows=extra_rows, extra_cols=extra_cols)
+        return _window_sum(padded, attention, s)
+
+    def _pool_fast(self, values: torch.Tensor, attention: torch.Tensor, idx: list[torch.Tensor]) -> torch.Tensor:
+        """All views' pooled values as one sparse matrix product with the B·HW×(P+1) rendered map."""
+        b, (h, w) = len(self.models), self.size
+        gh, gw = self.grid
+        rows, row_start, cols, col_start = zip(*(self.ops[i].select(idx[i]) for i in range(b)), strict=True)
+        rows, cols = torch.cat(rows).to(values), torch.cat(cols).to(values)  # BV×gh×k×Sy, BV×gw×k×Sx
+        # Window (oy, ox)'s weights on the source pixels: rowsᵀ · attention · cols (Sy×Sx per window).
+        weights = rows.transpose(-1, -2)[:, :, None] @ (attention @ cols[:, None])  # BV×gh×gw×Sy×Sx
+        sy, sx = weights.shape[-2:]
+        index = torch.cat([self.ops[i].index(idx[i]) + i * h * w for i in range(b)])
+        transposed = [self.ops[i].transposed(j) for i in range(b) for j in idx[i].tolist()]
+        pooled = _SparsePool.apply(values.reshape(b * h * w, -1), weights.reshape(-1, sy * sx),
+                                   index.reshape(-1, sy * sx).to(self.device), transposed, h * w)
+        return pooled.view(-1, gh, gw, values.shape[-1]).permute(0, 3, 1, 2)
+
+
+class _StackedParams(nn.Module):
+    """The B fits' trainable parameters, stacked along a leading batch dimension: MLP, downsampler, scale net."""
+
+    def __init__(self, models: list[ImplicitUpsampler], downsamplers: list[AttentionDownsampler],
+                 scale_nets: list[UncertaintyScale]):
+        super().__init__()
+
+        def stack(tensors) -> nn.Parameter:
+            return nn.Parameter(torch.stack([t.detach() for t in tensors]).clone())
+
+        nets = [m.net for m in models]
+        self.phases = stack(m.phases for m in models)  # B×2×n×5
+        self.ln1_w, self.ln1_b = stack(n[0].weight for n in nets), stack(n[0].bias for n in nets)
+        self.w1, self.b1 = stack(n[2].weight.T for n in nets), stack(n[2].bias for n in nets)
+        self.ln2_w, self.ln2_b = stack(n[5].weight for n in nets), stack(n[5].bias for n in nets)
+        self.w2, self.b2 = stack(n[6].weight.T for n in nets), stack(n[6].bias for n in nets)
+        self.w3, self.b3 = stack(n[8].weight.T for n in nets), stack(n[8].bias for n in nets)
+        self.sal_w = stack(d.saliency.weight[0] for d in downsamplers)  # B×(P+1)
+        self.sal_b = stack(d.saliency.bias[0] for d in downsamplers)
+        self.att_w, self.att_b = stack(d.w for d in downsamplers), stack(d.b for d in downsamplers)
+        self.scale_w = stack(s.net.weight.flatten() for s in scale_nets)  # B×P
+        self.scale_b = stack(s.net.bias[0] for s in scale_nets)
+
+    def render(self, features: torch.Tensor, mask1: torch.Tensor, mask2: torch.Tensor) -> torch.Tensor:
+        """The B MLPs on B×N×(10n + 3) features: LayerNorm, dropout, Linear, ReLU, dropout, LayerNorm, ..."""
+        x = F.layer_norm(features, features.shape[-1:]) * self.ln1_w[:, None] + self.ln1_b[:, None]
+        x = torch.relu(torch.baddbmm(self.b1[:, None], x * mask1[:, None], self.w1))
+        x = x * mask2[:, None]
+        x = F.layer_norm(x, x.shape[-1:]) * self.ln2_w[:, None] + self.ln2_b[:, None]
+        x = torch.relu(torch.baddbmm(self.b2[:, None], x, self.w2))
+        return torch.baddbmm(self.b3[:, None], x, self.w3)
+
+    def render_normalised(self, normalised: torch.Tensor, mask1: torch.Tensor, mask2: torch.Tensor) -> torch.Tensor:
+        """``render`` from the first LayerNorm's normalised output, with its affine map and the first dropout folded
+        into the first layer's weights (303×128 numbers scaled instead of HW×303)."""
+        weight = (self.ln1_w * mask1)[:, :, None] * self.w1
+        bias = self.b1 + ((self.ln1_b * mask1)[:, None] @ self.w1)[:, 0]
+        x = torch.relu(torch.baddbmm(bias[:, None], normalised, weight))
+        if not bool((mask2 == 1).all()):
+            x = x * mask2[:, None]
+        x = F.layer_norm(x, x.shape[-1:]) * self.ln2_w[:, None] + self.ln2_b[:, None]
+        x = torch.relu(torch.baddbmm(self.b2[:, None], x, self.w2))
+        return torch.baddbmm(self.b3[:, None], x, self.w3)
+
+    def scale(self, target: torch.Tensor) -> torch.Tensor:
+        """UncertaintyScale of each view's target (BV×P×h×w) with its image's weights."""
+        v = target.shape[0] // self.scale_w.shape[0]
+        logits = torch.einsum("bphw,bp->bhw", target, self.scale_w.repeat_interleave(v, 0))
+        logits = logits + self.scale_b.repeat_interleave(v, 0)[:, None, None]
+        return torch.exp(logits[:, None] + 0.1).clamp_min(1e-4)
+
+    @torch.no_grad()
+    def write_back(self, models: list[ImplicitUpsampler]) -> None:
+        for i, model in enumerate(models):
+            net = model.net
+            model.phases.copy_(self.phases[i])
+            net[0].weight.copy_(self.ln1_w[i]), net[0].bias.copy_(self.ln1_b[i])
+            net[2].weight.copy_(self.w1[i].T), net[2].bias.copy_(self.b1[i])
+            net[5].weight.copy_(self.ln2_w[i]), net[5].bias.copy_(self.ln2_b[i])
+            net[6].weight.copy_(self.w2[i].T), net[6].bias.copy_(self.b2[i])
+            net[8].weight.copy_(self.w3[i].T), net[8].bias.copy_(self.b3[i])
+
+
+def _dropout_masks(generator: torch.Generator, p: float, in_dim: int, hidden: int) -> tuple[torch.Tensor, ...]:
+    """Channel dropout masks (kept channels scaled by 1 / (1 - p)) of the MLP's two dropout layers."""
+    return _keep_mask(generator, p, (in_dim,)), _keep_mask(generator, p, (hidden,))
+
+
+def _keep_mask(generator: torch.Generator, p: float, shape: Sequence[int]) -> torch.Tensor:
+    if p == 0:
+        return torch.ones(tuple(shape))
+    return (torch.rand(tuple(shape), generator=generator) >= p).float() / (1 - p)
+
+
+class _SparsePool(torch.autograd.Function):
+    """out[n] = Σ_s weight[n, s] · values[index[n, s]] with gradients for values and weights (CSR products).
+
+    ``transposed`` holds, per block of ``windows`` rows (one view), the view's pattern sorted by source pixel
+    (``_ViewOperators.transposed``), so the backward product never sorts; ``pixels`` is one image's H·W.
+    """
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, transposed: list,
+                pixels: int) -> torch.Tensor:
+        n, s = index.shape
+        crow = torch.arange(0, n * s + 1, s, device=index.device)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+            matrix = torch.sparse_csr_tensor(crow, index.flatten(), weight.detach().flatten(), (n, values.shape[0]),
+                                             check_invariants=False)
+        ctx.save_for_backward(values, weight, crow, index)
+        ctx.transposed, ctx.pixels = transposed, pixels
+        return matrix @ values
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        values, weight, crow, index = ctx.saved_tensors
+        n, s = index.shape
+        grad_values = grad_weight = None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+            if ctx.needs_input_grad[0]:
+                grad_values = torch.zeros_like(values)
+                views = len(ctx.transposed)
+                per_view = n // views
+                flat = weight.detach().reshape(views, -1)
+                for v, (perm, crow_t, col_t) in enumerate(ctx.transposed):
+                    image = int(index[v * per_view, 0]) // ctx.pixels
+                    matrix = torch.sparse_csr_tensor(crow_t, col_t, flat[v][perm], (ctx.pixels, per_view),
+                                                     check_invariants=False)
+                    rows = slice(image * ctx.pixels, (image + 1) * ctx.pixels)
+                    grad_values[rows] += matrix @ grad[v * per_view:(v + 1) * per_view]
+            if ctx.needs_input_grad[1]:
+                pattern = torch.sparse_csr_tensor(crow, index.flatten(), values.new_zeros(n * s),
+                                                  (n, values.shape[0]), check_invariants=False)
+                grad_weight = torch.sparse.sampled_addmm(pattern, grad.contiguous(), values.t(),
+                                                         beta=0).values().view(n, s)
+        return grad_values, grad_weight, None, None, None
+
+
+class _ViewOperators:
+    """Per view, the separable linear map from a rendered map to its jittered, fitted, blurred, padded windows.
+
+    For window row oy the rows it reads are ``rows[v, oy] @ source[row_start[v, oy] : + Sy]`` (k × Sy);
+    columns likewise. Built once per fit in float64 from the jitter's closed-form coordinates.
+    """
+
+    def __init__(self, jitters: list[Jitter], size: tuple[int, int], grid: tuple[int, int], k: int, s: int,
+                 pad: int):
+        h, w = size
+        self.k, self.s = k, s
+        self.width, self.pixels = w, h * w
+        self._transposed: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.row_ops = torch.stack([_axis_operator(h, grid[0], j.pad, j.zoom, j.top, False, k, s, pad) for j in jitters])
+        self.col_ops = torch.stack([_axis_operator(w, grid[1], j.pad, j.zoom, j.left, j.flip, k, s, pad)
+                                    for j in jitters])
+        self.grid = grid
+        self.support = (_support(self.row_ops, grid[0], k, s), _support(self.col_ops, grid[1], k, s))
+
+    def widen(self, support: tuple[int, int]) -> None:
+        """Cut every window's k×Sy (k×Sx) block out of the full operators, for one Sy×Sx shared by the batch."""
+        self.rows, self.row_start = _blocks(self.row_ops, self.grid[0], self.k, self.s, support[0])
+        self.cols, self.col_start = _blocks(self.col_ops, self.grid[1], self.k, self.s, support[1])
+        del self.row_ops, self.col_ops
+
+    def select(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.rows[idx], self.row_start[idx], self.cols[idx], self.col_start[idx]
+
+    def index(self, idx: torch.Tensor) -> torch.Tensor:
+        """Source pixel (y·W + x) of every weight: V×gh×gw×Sy×Sx for the views ``idx``."""
+        sy, sx = self.rows.shape[-1], self.cols.shape[-1]
+        ys = self.row_start[idx][:, :, None] + torch.arange(sy)  # V×gh×Sy
+        xs = self.col_start[idx][:, :, None] + torch.arange(sx)  # V×gw×Sx
+        return ys[:, :, None, :, None] * self.width + xs[:, None, :, None, :]
+
+    def transposed(self, view: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """View ``view``'s pattern sorted by source pixel: (order of the weights, CSR row pointers, window ids)."""
+        if view not in self._transposed:
+            flat = self.index(torch.tensor([view])).flatten()
+            order = torch.argsort(flat, stable=True)
+            windows = (order // (flat.numel() // (self.grid[0] * self.grid[1])))
+            counts = torch.bincount(flat, minlength=self.pixels)
+            crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+            self._transposed[view] = (order, crow, windows)
+        return self._transposed[view]
+
+
+def _axis_operator(size: int, cells: int, pad: int, zoom: float, offset: int, flip: bool, k: int, s: int,
+                   window_pad: int) -> torch.Tensor:
+    """L×size matrix of one axis: jitter (bilinear), fit to the windows' span, blur, reflect padding."""
+    coords = _axis_coords(size, pad, zoom, offset, flip)
+    low = coords.floor().clamp(0, size - 1)
+    frac = coords - low
+    high = (low + 1).clamp(max=size - 1)
+    op = torch.zeros(size, size, dtype=torch.float64)
+    op.scatter_add_(1, low.long()[:, None], (1 - frac)[:, None])
+    op.scatter_add_(1, high.long()[:, None], frac[:, None])
+    span = s * (cells - 1) + k - 2 * window_pad
+    if span != size:
+        eye = torch.eye(size, dtype=torch.float64)[None, None]
+        op = F.interpolate(eye, size=(span, size), mode="bilinear", align_corners=False)[0, 0] @ op
+    m = math.ceil(k / s)
+    extra = (cells + m - 1) * s - span - 2 * window_pad
+
+    def along(fn, matrix: torch.Tensor) -> torch.Tensor:
+        # Apply a 1-D operation to every column of the matrix.
+        return fn(matrix.T[:, None])[:, 0].T
+
+    taps = torch.arange(5, dtype=torch.float64) - 2
+    kernel = torch.exp(-taps.square() / 2)
+    kernel = (kernel / kernel.sum()).view(1, 1, -1)
+    if window_pad:
+        op = along(lambda x: F.conv1d(F.pad(x, [2, 2], mode="reflect"), kernel), op)
+        op = along(lambda x: F.pad(x, [window_pad, window_pad + extra], mode="reflect"), op)
+    else:
+        op = along(lambda x: F.conv1d(F.pad(x, [2, 2 + extra], mode="reflect"), kernel), op)
+    return op
+
+
+def _support(ops: torch.Tensor, cells: int, k: int, s: int) -> int:
+    """The widest range of source indices any window of any view reads."""
+    widest = 1
+    for c in range(cells):
+        used = (ops[:, s * c:s * c + k].abs() > 0).any(1)  # V×size
+        first = used.float().argmax(1)
+        last = used.shape[1] - 1 - used.flip(1).float().argmax(1)
+        widest = max(widest, int((last - first).max()) + 1)
+    return widest
+
+
+def _blocks(ops: torch.Tensor, cells: int, k: int, s: int, support: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per view and window, its k×support block of the operator and the block's first source index."""
+    size = ops.shape[-1]
+    blocks, starts = [], []
+    for c in range(cells):
+        band = ops[:, s * c:s * c + k]  # V×k×size
+        used = (band.abs() > 0).any(1)
+        first = used.float().argmax(1).clamp(max=size - support)
+        columns = first[:, None] + torch.arange(support)
+        blocks.append(torch.gather(band, 2, columns[:, None].expand(-1, k, -1)))
+        starts.append(first)
+    return torch.stack(blocks, 1).float(), torch.stack(starts, 1)
 
 
 def _implicit_downsampler(windows: str, dim: int, stride: int) -> AttentionDownsampler:

@@ -4,6 +4,10 @@ The model holds the image it was fitted to (as uint8), the per-channel colour ra
 to [-0.5, 0.5], and a PCA basis of the backbone's features: the MLP predicts features in that (at most
 128-d) PCA space and the basis maps them back to the backbone's C channels. It renders its image's
 features at any size; a saved model is about half a megabyte. ``featup.training.fit_implicit`` fits one.
+
+With ``base_grid`` the model is residual: it also holds the backbone's own low-res features of the
+image (in PCA units) and renders ``bilinear(base) + MLP``, so a fit starts from the bilinear upsampling
+and the MLP only learns the correction (featup's default recipe); without it, the published model.
 """
 
 from __future__ import annotations
@@ -43,12 +47,19 @@ class ImplicitUpsampler(nn.Module):
     """Per-image implicit feature field: Fourier features of (y, x, rgb) → MLP → PCA space → C channels."""
 
     def __init__(self, dim: int, image_size: Sequence[int] = (224, 224), *, proj_dim: int = 128,
-                 n_freqs: int = 30, hidden_dim: int = 128, dropout: float = 0.2):
+                 n_freqs: int = 30, hidden_dim: int = 128, dropout: float = 0.2, min_log_freq: float = -2.0,
+                 max_log_freq: float = 10.0, base_grid: Sequence[int] | None = None):
         super().__init__()
         self.dim = dim
         self.proj_dim = min(proj_dim, dim)
         self.n_freqs = n_freqs
+        self.min_log_freq = float(min_log_freq)
+        self.max_log_freq = float(max_log_freq)
         height, width = (int(s) for s in image_size)
+        self.base_grid = None if base_grid is None else (int(base_grid[0]), int(base_grid[1]))
+        if self.base_grid is not None:
+            # The backbone's low-res features in PCA units: rendered bilinearly under the MLP's correction.
+            self.register_buffer("base", torch.zeros(1, self.proj_dim, *self.base_grid))
         in_dim = 2 * 5 * n_freqs + 3
         self.register_buffer("image", torch.zeros(1, 3, height, width, dtype=torch.uint8))
         self.register_buffer("color_min", torch.zeros(3))
@@ -112,9 +123,11 @@ class ImplicitUpsampler(nn.Module):
         out = torch.einsum("bphw,pc->bchw", reduced * self.pca_scale, self.pca_components.to(reduced.dtype))
         return out + self.pca_mean.to(reduced.dtype)[None, :, None, None]
 
-    def fourier_features(self, image: torch.Tensor, ys: torch.Tensor | None = None) -> torch.Tensor:
-        """B×H×W×(10·n_freqs + 3), channels last: sin and cos of (y, x, rgb) at exp(linspace(-2, 10, n)) plus
-        learned phases, then rgb. ``ys`` are the rows' y coordinates (default linspace(-1, 1, H)).
+    def fourier_angles(self, image: torch.Tensor, ys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The phase-free arguments B×H×W×n_freqs×5 of the Fourier features, and the scaled colours B×H×W×3.
+
+        They depend on the image only, so a fit computes their sines and cosines once and adds the learned
+        phases by sin(a + φ) = sin a cos φ + cos a sin φ (``featup.training.fit_implicit``).
         """
         b, _, h, w = image.shape
         scale = (self.color_max - self.color_min).clamp_min(1e-4).to(image.dtype)
@@ -124,12 +137,34 @@ class ImplicitUpsampler(nn.Module):
         xs = torch.linspace(-1, 1, w, device=image.device, dtype=image.dtype)
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1)[None].expand(b, -1, -1, -1)
         z = torch.cat([grid, rgb], -1)  # B×H×W×5: y, x, r, g, b
-        freqs = torch.exp(torch.linspace(-2, 10, self.n_freqs, device=image.device, dtype=image.dtype))
-        angles = z[..., None, :] * freqs[:, None]  # B×H×W×n×5
+        freqs = torch.exp(torch.linspace(self.min_log_freq, self.max_log_freq, self.n_freqs, device=image.device,
+                                         dtype=image.dtype))
+        return z[..., None, :] * freqs[:, None], rgb  # B×H×W×n×5
+
+    def fourier_features(self, image: torch.Tensor, ys: torch.Tensor | None = None) -> torch.Tensor:
+        """B×H×W×(10·n_freqs + 3), channels last: sin and cos of (y, x, rgb) at exp(linspace(min_log_freq,
+        max_log_freq, n)) (published: -2, 10) plus learned phases, then rgb. ``ys`` are the rows' y coordinates
+        (default linspace(-1, 1, H)).
+        """
+        angles, rgb = self.fourier_angles(image, ys)
         phases = self.phases.to(image.dtype)
         sin = torch.sin(angles + phases[0]).flatten(-2)
         cos = torch.cos(angles + phases[1]).flatten(-2)
         return torch.cat([sin, cos, rgb], -1)
+
+    def set_base(self, base: torch.Tensor) -> None:
+        """Set the residual model's base: the backbone's 1×proj_dim×h×w low-res features in PCA units."""
+        if self.base_grid is None:
+            raise ValueError("this implicit upsampler has no base (built without base_grid); it renders the MLP alone")
+        if base.shape != self.base.shape:
+            raise ValueError(f"expected a base of shape {tuple(self.base.shape)}, got {tuple(base.shape)}")
+        self.base.copy_(base)
+
+    def render_base(self, size: Sequence[int]) -> torch.Tensor | None:
+        """The base bilinearly upsampled to ``size`` (1×proj_dim×H×W), or None for the published model."""
+        if self.base_grid is None:
+            return None
+        return F.interpolate(self.base, size=tuple(size), mode="bilinear", align_corners=False)
 
     def _mlp(self, image: torch.Tensor, ys: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(self.fourier_features(image, ys)).permute(0, 3, 1, 2)
@@ -142,11 +177,15 @@ class ImplicitUpsampler(nn.Module):
             image = F.interpolate(image, size=size, mode="bilinear", align_corners=False,
                                   antialias=size[0] < self.image_size[0] or size[1] < self.image_size[1])
         if torch.is_grad_enabled() or size[0] * size[1] <= _CHUNK_PIXELS:
-            return self._mlp(image)
-        # The MLP is per pixel (dropout aside, which eval turns off), so row chunks render exactly.
-        rows = max(1, _CHUNK_PIXELS // size[1])
-        ys = torch.linspace(-1, 1, size[0], device=image.device, dtype=image.dtype)
-        return torch.cat([self._mlp(image[:, :, i:i + rows], ys[i:i + rows]) for i in range(0, size[0], rows)], dim=2)
+            out = self._mlp(image)
+        else:
+            # The MLP is per pixel (dropout aside, which eval turns off), so row chunks render exactly.
+            rows = max(1, _CHUNK_PIXELS // size[1])
+            ys = torch.linspace(-1, 1, size[0], device=image.device, dtype=image.dtype)
+            out = torch.cat([self._mlp(image[:, :, i:i + rows], ys[i:i + rows]) for i in range(0, size[0], rows)],
+                            dim=2)
+        base = self.render_base(size)
+        return out if base is None else out + base
 
     def forward(self, features: torch.Tensor | None, image: torch.Tensor | None,
                 output_size: int | Sequence[int] | None = None) -> torch.Tensor:
@@ -170,7 +209,9 @@ class ImplicitUpsampler(nn.Module):
             "upsampler": "implicit",
             "dim": self.dim,
             "upsampler_kwargs": {"image_size": list(self.image_size), "proj_dim": self.proj_dim,
-                                 "n_freqs": self.n_freqs, "hidden_dim": self.net[2].out_features},
+                                 "n_freqs": self.n_freqs, "hidden_dim": self.net[2].out_features,
+                                 "min_log_freq": self.min_log_freq, "max_log_freq": self.max_log_freq,
+                                 "base_grid": None if self.base_grid is None else list(self.base_grid)},
         }
         return save_checkpoint(path_or_url, self, {**cfg, **(metadata or {})})
 
@@ -189,6 +230,8 @@ class ImplicitUpsampler(nn.Module):
 
 @register_upsampler
 def implicit(dim: int, image_size: Sequence[int] = (224, 224), proj_dim: int = 128, n_freqs: int = 30,
-             hidden_dim: int = 128) -> ImplicitUpsampler:
+             hidden_dim: int = 128, min_log_freq: float = -2.0, max_log_freq: float = 10.0,
+             base_grid: Sequence[int] | None = None) -> ImplicitUpsampler:
     """An unfitted implicit upsampler for ``dim``-channel features; fit it with ``featup.training.fit_implicit``."""
-    return ImplicitUpsampler(dim, image_size, proj_dim=proj_dim, n_freqs=n_freqs, hidden_dim=hidden_dim)
+    return ImplicitUpsampler(dim, image_size, proj_dim=proj_dim, n_freqs=n_freqs, hidden_dim=hidden_dim,
+                             min_log_freq=min_log_freq, max_log_freq=max_log_freq, base_grid=base_grid)
