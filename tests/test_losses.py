@@ -79,3 +79,19 @@ def test_blur_pin_penalises_high_frequencies_only():
     noisy = torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(0))
     assert blur_pin_loss(smooth).item() < 1e-3
     assert blur_pin_loss(noisy).item() > 0.3
+
+
+def test_crf_loss_is_zero_for_constant_features_and_penalises_changes_within_a_colour():
+    from featup.losses import crf_loss
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.zeros(1, 3, 16, 16)
+    image[..., 8:] = 1.0
+    constant = torch.ones(1, 4, 16, 16)
+    assert crf_loss(image, constant, torch.Generator().manual_seed(0), 200).item() == 0
+    along_colours = image[:, :1].expand(1, 4, 16, 16)  # changes only where the colour does
+    across_colours = torch.randn(1, 4, 16, 16, generator=g)
+    assert (crf_loss(image, along_colours, torch.Generator().manual_seed(0), 200)
+            < crf_loss(image, across_colours, torch.Generator().manual_seed(0), 200))
+    with pytest.raises(ValueError, match="same batch and size"):
+        crf_loss(image, torch.ones(1, 4, 8, 8), g)

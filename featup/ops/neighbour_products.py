@@ -1,7 +1,7 @@
-"""Neighbour products: ``⟨q(x+Δp), q(x)⟩`` for every tap of a d×d window, the range logits of a JBU layer.
+"""Neighbour products: ``⟨k(x+Δp), q(x)⟩`` for every tap of a d×d window, the range logits of a JBU layer.
 
-``neighbour_products(queries, radius)`` reflect-pads the B×C×H×W queries and returns B×d²×H×W (tap
-p = i·d + j). It is the filter gradient of the adaptive convolution with the queries as the output
+``neighbour_products(queries, radius, keys=None)`` reflect-pads the B×C×H×W keys (default: the queries)
+and returns B×d²×H×W (tap p = i·d + j). It is the filter gradient of the adaptive convolution with the queries as the output
 gradient and their padded copy as the input, so the compiled kernels compute it (and its gradient: an
 adaptive convolution for the queries and an input gradient for the keys) without ever holding the
 B×C·d²×H×W products that the per-tap PyTorch loop writes and sums. Backends as for ``adaptive_conv``.
@@ -17,14 +17,20 @@ from featup.ops.adaptive_conv import compiled_kernel
 __all__ = ["neighbour_products"]
 
 
-def neighbour_products(queries: torch.Tensor, radius: int, *, backend: str | None = None) -> torch.Tensor:
-    """``out[b, i·d + j, y, x] = Σ_c q[b, c, y, x] · pad(q)[b, c, y + i, x + j]`` with reflect padding by ``radius``."""
+def neighbour_products(queries: torch.Tensor, radius: int, keys: torch.Tensor | None = None, *,
+                       backend: str | None = None) -> torch.Tensor:
+    """``out[b, i·d + j, y, x] = Σ_c q[b, c, y, x] · pad(k)[b, c, y + i, x + j]``, reflect padding by ``radius``.
+
+    ``keys`` (default: the queries) has the queries' shape.
+    """
     if queries.ndim != 4:
         raise ValueError(f"got queries of shape {tuple(queries.shape)}, expected B×C×H×W")
+    if keys is not None and keys.shape != queries.shape:
+        raise ValueError(f"got keys of shape {tuple(keys.shape)}, expected the queries' {tuple(queries.shape)}")
     if radius < 0 or min(queries.shape[-2:]) <= radius:
         raise ValueError(f"got radius {radius} for queries of size {tuple(queries.shape[-2:])}, expected "
                          "0 <= radius < both sides (reflect padding)")
-    keys = F.pad(queries, [radius] * 4, mode="reflect")
+    keys = F.pad(queries if keys is None else keys, [radius] * 4, mode="reflect")
     d = 2 * radius + 1
     if compiled_kernel(queries, d, backend) is not None:
         return _CompiledProducts.apply(queries, keys, d)

@@ -71,14 +71,6 @@ def spatial_logits(diameter: int, sigma: torch.Tensor | float, *, device=None, d
     return (-squared_distance / (2 * sigma**2)).reshape(-1)
 
 
-def neighbour_values(values: torch.Tensor, radius: int) -> torch.Tensor:
-    """``v(x+Δp)`` for every tap of the window (reflect border) of a B×1×H×W map: B×d²×H×W."""
-    height, width = values.shape[-2:]
-    d = 2 * radius + 1
-    padded = F.pad(values, [radius] * 4, mode="reflect")
-    return torch.cat([padded[:, :, i : i + height, j : j + width] for i in range(d) for j in range(d)], dim=1)
-
-
 class JBULayer(nn.Module):
     """One learned joint bilateral upsampling layer: source B×C×h×w, guidance B×g×H×W → B×C×H×W."""
 
@@ -110,10 +102,14 @@ class JBULayer(nn.Module):
     def range_logits(self, guidance: torch.Tensor) -> torch.Tensor:
         """Temperature-scaled similarity of each tap's key to the pixel's query: B×d²×H×W."""
         queries = self.range_proj(guidance)
-        logits = neighbour_products(queries, self.radius)
         if self.range_mode == "distance":
-            # −‖k − q‖²/2 = ⟨k, q⟩ − ‖k‖²/2 − ‖q‖²/2, and the last term is the same for every tap.
-            logits = logits - 0.5 * neighbour_values(queries.square().sum(1, keepdim=True), self.radius)
+            # −‖k − q‖²/2 = ⟨k, q⟩ − ‖k‖²/2 − ‖q‖²/2, and the last term is the same for every tap: one product
+            # of [q, 1] with the keys [k, −‖k‖²/2].
+            ones = torch.ones_like(queries[:, :1])
+            keys = torch.cat([queries, -0.5 * queries.square().sum(1, keepdim=True)], 1)
+            logits = neighbour_products(torch.cat([queries, ones], 1), self.radius, keys)
+        else:
+            logits = neighbour_products(queries, self.radius)
         return self.range_temp.exp().clamp(1e-4, 1e4) * logits
 
     def range_kernel(self, guidance: torch.Tensor) -> torch.Tensor:
@@ -129,7 +125,11 @@ class JBULayer(nn.Module):
         # softmax(range)·spatial / Σ is one softmax of range + log spatial: fewer passes over B×d²×H×W.
         kernel = F.softmax(self.range_logits(guidance) + spatial_logits(self.diameter, self.sigma_spatial)[:, None, None],
                            dim=1)
-        return kernel + 0.1 * self.fixup_proj(torch.cat([kernel, guidance], dim=1))
+        # fixup_proj(cat[K, G]) with its first 1×1 conv split over K and G: no B×(d²+g)×H×W copy.
+        first, gelu, dropout, second = self.fixup_proj
+        taps = kernel.shape[1]
+        hidden = F.conv2d(kernel, first.weight[:, :taps], first.bias) + F.conv2d(guidance, first.weight[:, taps:])
+        return kernel + 0.1 * second(dropout(gelu(hidden)))
 
     @torch.no_grad()
     def init_bilateral(self, colour_sigma: float, spatial_sigma: float, guidance_std: Sequence[float]) -> None:

@@ -40,3 +40,15 @@ def test_bad_inputs_raise():
         neighbour_products(torch.zeros(3, 8, 8), 1)
     with pytest.raises(ValueError, match="radius 3 for queries of size"):
         neighbour_products(torch.zeros(1, 2, 3, 8), 3)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("compiled", marks=needs_kernels)])
+def test_separate_keys(backend):
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(1, 3, 6, 7, generator=g), torch.randn(1, 3, 6, 7, generator=g)
+    padded = torch.nn.functional.pad(k.double(), [1] * 4, mode="reflect")
+    windows = torch.nn.functional.unfold(padded, 3).view(1, 3, 9, 6, 7)
+    expected = (windows * q.double()[:, :, None]).sum(1)
+    torch.testing.assert_close(neighbour_products(q, 1, k, backend=backend).double(), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="keys of shape"):
+        neighbour_products(q, 1, k[:, :2])

@@ -181,3 +181,49 @@ def test_projected_forward_rejects_a_projection_of_other_channels():
     stack, features, image, projection = _stack_with_fixup(40)
     with pytest.raises(ValueError, match="B×40×D projection"):
         stack.forward_projected(features, image, projection[:, :30])
+
+
+def test_fixup_on_the_low_res_grid_equals_the_published_full_res_fixup():
+    stack = randomised(JBUStack(6)).double().eval()
+    features, image = inputs(dtype=torch.float64)
+    out = stack._run_layers(features, image, None)
+    torch.testing.assert_close(stack(features, image), out + 0.1 * stack.fixup_proj(out))
+
+
+def test_distance_kernel_is_a_gaussian_of_key_distances():
+    layer = randomised(JBULayer(range_kernel="distance", radius=1)).double().eval()
+    guidance = torch.rand(1, 3, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    q = layer.range_proj(guidance)
+    keys = torch.nn.functional.pad(q, [1] * 4, mode="reflect")
+    distance = torch.stack([(keys[:, :, i:i + 5, j:j + 6] - q).square().sum(1) for i in range(3) for j in range(3)], 1)
+    expected = torch.softmax(-layer.range_temp.exp() * distance / 2, 1)
+    torch.testing.assert_close(layer.range_kernel(guidance), expected)
+
+
+def test_bilateral_init_is_the_classical_joint_bilateral_upsampler():
+    from featup.upsamplers import JointBilateral
+
+    stack = JBUStack(6, range_kernel="distance").double()
+    stack.init_bilateral(colour_sigma=0.1, spatial_sigma=0.5)
+    features, image = inputs(dtype=torch.float64)
+    expected = JointBilateral(colour_sigma=0.1, spatial_sigma=0.5).double()(features, image)
+    torch.testing.assert_close(stack.eval()(features, image), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bilateral_init_needs_the_distance_kernel():
+    with pytest.raises(ValueError, match="range_kernel='distance'"):
+        JBUStack(6).init_bilateral()
+
+
+def test_range_entropy_is_log_taps_for_a_uniform_kernel_and_lower_at_edges():
+    stack = JBUStack(6, range_kernel="distance")
+    stack.init_bilateral()
+    image = torch.zeros(1, 3, 32, 32)
+    image[..., 16:] = 1.0
+    entropies = stack.range_entropy(image, (4, 4))
+    assert len(entropies) == 4 and all(e < math.log(49) - 0.05 for e in entropies)
+    flat = JBUStack(6, range_kernel="distance")
+    for layer in flat.layers:
+        torch.nn.init.zeros_(layer.range_proj[-1].weight)
+        torch.nn.init.zeros_(layer.range_proj[-1].bias)
+    assert flat.range_entropy(image, (4, 4)) == pytest.approx([math.log(49)] * 4, abs=1e-5)

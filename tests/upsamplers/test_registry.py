@@ -26,7 +26,7 @@ def sample(batch=2, grid=(7, 9), image=(56, 72)):
 
 
 def test_builtin_upsamplers_registered():
-    assert {"bilinear", "resize_conv", "jbu"} <= set(list_upsamplers())
+    assert {"bilinear", "bilateral", "resize_conv", "jbu"} <= set(list_upsamplers())
     assert list_upsamplers() == sorted(list_upsamplers())
 
 
