@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 
@@ -24,6 +24,9 @@ def train_jbu(
     lr: float = 1e-3,
     lr_decay: bool = False,
     head_lr: float | None = None,
+    range_kernel: Literal["distance", "dot"] = "distance",
+    init: Literal["bilateral", "random"] = "bilateral",
+    crf_weight: float = 0.0,
     max_images: int | None = None,
     seed: int = 0,
     weights: str | None = None,
@@ -50,6 +53,9 @@ def train_jbu(
         head_lr: Learning rate of the downsampler and uncertainty net (default: lr); lower it for wide heads
             (e.g. 5e-4 for 1280 channels), whose outputs one step moves in proportion to the width.
         lr_decay: Anneal the learning rate to zero over the run on a cosine (lets short runs at a higher lr settle).
+        range_kernel: "distance" (featup's bilateral range kernel) or "dot" (the published layer).
+        init: "bilateral" starts as the classical joint bilateral upsampler; "random" is the published start.
+        crf_weight: Weight of FeatUp's dense-CRF smoothness term (the published recipe: 0.001).
         max_images: Use at most this many images.
         seed: Seed of every random draw.
         weights: Backbone weights path or URL.
@@ -63,5 +69,6 @@ def train_jbu(
         raise ValueError(f"no readable images in {shards}")
     return train_jbu_task(images, backbone=backbone, tap=tap, steps=steps, checkpoint=checkpoint,
                           checkpoint_every=checkpoint_every, image_size=image_size, batch_size=batch_size,
-                          num_jitters=num_jitters, lr=lr, head_lr=head_lr, lr_decay=lr_decay, seed=seed, weights=weights,
+                          num_jitters=num_jitters, lr=lr, head_lr=head_lr, lr_decay=lr_decay, range_kernel=range_kernel,
+                          init=init, crf_weight=crf_weight, seed=seed, weights=weights,
                           random_weights=random_weights, device=device, storage_secret=storage_secret)
