@@ -142,12 +142,17 @@ def _console_without_tracebacks() -> typing.Iterator[None]:
             h.setFormatter(saved[key])
 
 
-def _bad_samples(result: object) -> int:
-    """Samples a flow's summary says were recorded bad (a count or a list), plus tar members it could not store."""
+def _bad_samples(result: object) -> str:
+    """What a flow's summary says was recorded bad ("" when nothing): samples, and tar members it could not store."""
     if not isinstance(result, dict):
-        return 0
+        return ""
     bad = result.get("bad", 0)
-    return (len(bad) if isinstance(bad, list) else int(bad or 0)) + int(result.get("unlisted", 0) or 0)
+    count = len(bad) if isinstance(bad, list) else int(bad or 0)
+    unlisted = int(result.get("unlisted", 0) or 0)
+    parts = [f"{count} bad samples recorded"] if count else []
+    if unlisted:
+        parts.append(f"{unlisted} tar members not in the manifest reported")
+    return " and ".join(parts)
 
 
 def run_flow(command: str, argv: Sequence[str]) -> int:
@@ -192,8 +197,7 @@ def run_flow(command: str, argv: Sequence[str]) -> int:
         print(json.dumps(result, indent=2, default=str) if isinstance(result, (dict, list)) else result)
     bad = _bad_samples(result)
     if bad:
-        print(f"featup {command}: finished with {bad} bad samples recorded (listed in the summary above)",
-              file=sys.stderr)
+        print(f"featup {command}: finished with {bad} (see the summary above)", file=sys.stderr)
         return EXIT_BAD_SAMPLES
     return 0
 
