@@ -8,7 +8,7 @@ from prefect import flow
 
 from tasks.data import ingest_dataset
 
-Layout = Literal["folder", "cocostuff", "ade20k", "fashion_mosaics", "depth_scenes", "photos"]
+Layout = Literal["folder", "cocostuff", "ade20k", "fashion_mosaics", "depth_scenes", "photos", "pool"]
 
 
 @flow(name="ingest", log_prints=True)
