@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -129,14 +130,39 @@ def test_precompute_on_a_local_dask_cluster(prefect_api, tmp_path):
     assert open_feature_store(summary["store"]).completed_shards() == [0, 1, 2]
 
 
-def _run_precompute(shards: Path, store: Path, lock_dir: Path) -> subprocess.Popen:
+def _run_precompute(shards: Path, store: Path, lock_dir: Path, home: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "flows.cli", "precompute-features", "--shards", str(shards), "--store",
                str(store), "--upsampler", "bilinear", "--output-size", "224", "--batch-size", "1",
                "--num-workers", "0", "--lock-dir", str(lock_dir)]
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)  # its own temporary API, like a user's `featup precompute-features`
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
+
+
+def _temporary_api_of(pid: int) -> int | None:
+    """The pid of the temporary Prefect API (uvicorn) a CLI process started, if it has one yet."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            try:
+                if b"uvicorn" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+            except OSError:
+                continue
+    return None
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":  # exited, waiting to be reaped
+                return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def test_killed_run_rerun_gives_the_same_store_as_an_uninterrupted_run(tmp_path):
@@ -149,13 +175,16 @@ def test_killed_run_rerun_gives_the_same_store_as_an_uninterrupted_run(tmp_path)
 
     group = f"{read_manifest(str(shards)).name}/efficientnet_lite0/bilinear"
 
-    clean = _run_precompute(shards, tmp_path / "clean", tmp_path / "locks-clean")
+    home = tmp_path / "prefect-home"  # one Prefect database for the three runs, as on a user's laptop
+    clean = _run_precompute(shards, tmp_path / "clean", tmp_path / "locks-clean", home)
     assert clean.wait(timeout=600) == 0, clean.stdout.read().decode()[-3000:]
 
-    killed = _run_precompute(shards, tmp_path / "killed", tmp_path / "locks")
+    killed = _run_precompute(shards, tmp_path / "killed", tmp_path / "locks", home)
     deadline = time.monotonic() + 600
     completed: list[int] = []
+    server = None
     while time.monotonic() < deadline and killed.poll() is None:
+        server = server or _temporary_api_of(killed.pid)
         try:
             completed = open_feature_store(str(tmp_path / "killed" / group)).completed_shards()
         except (FileNotFoundError, KeyError, ValueError):
@@ -163,14 +192,23 @@ def test_killed_run_rerun_gives_the_same_store_as_an_uninterrupted_run(tmp_path)
         if completed:
             break
         time.sleep(0.05)
-    os.killpg(killed.pid, signal.SIGKILL)
+    assert server is not None, "the run started no temporary API"
+    os.kill(killed.pid, signal.SIGKILL)  # the run's process only, as the OOM killer would
     killed.wait()
     interrupted = open_feature_store(str(tmp_path / "killed" / group))
     assert 1 <= len(interrupted.completed_shards()) < 4, "the kill must land while shards are still pending"
+    try:
+        assert _gone(server, 30), "the killed run's temporary Prefect API outlived it"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(killed.pid, signal.SIGKILL)  # whatever else of its group is left
 
-    # The same lock folder: a lock the killed run held must not stall the re-run.
-    rerun = _run_precompute(shards, tmp_path / "killed", tmp_path / "locks")
+    # The same lock folder: a lock the killed run held must not stall the re-run; the killed run, left
+    # RUNNING in the database, is marked crashed when the next one starts.
+    rerun = _run_precompute(shards, tmp_path / "killed", tmp_path / "locks", home)
     assert rerun.wait(timeout=600) == 0, rerun.stdout.read().decode()[-3000:]
+    output = rerun.stdout.read().decode()
+    assert "crashed (its process is gone)" in output, output[-3000:]
     a = open_feature_store(str(tmp_path / "clean" / group)).to_xarray()
     b = open_feature_store(str(tmp_path / "killed" / group)).to_xarray()
     assert list(a.sample.values) == list(b.sample.values) and len(a.sample) == 12
