@@ -8,6 +8,7 @@ are built from its signature and docstring, the same metadata the Prefect UI tur
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import importlib
 import inspect
@@ -175,6 +176,10 @@ def run_flow(command: str, argv: Sequence[str]) -> int:
     from featup.io import describe
     from flows.local_api import crash_stale_runs, local_api, run_tags
 
+    if not debug:
+        # Storage clients torn down at exit after a failure (s3fs/zarr coroutines never awaited) would print
+        # "Exception ignored in ..." tracebacks under the one-line error.
+        atexit.register(setattr, sys, "unraisablehook", lambda unraisable: None)
     try:
         with contextlib.ExitStack() as stack:
             if not debug:
