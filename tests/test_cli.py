@@ -54,3 +54,17 @@ def test_missing_weights_error_reaches_the_user(capsys, monkeypatch):
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "featup.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "pca" in result.stdout
+
+
+def test_flow_commands_offer_debug_and_say_what_was_recorded_bad(capsys):
+    from flows.cli import _bad_samples
+    from flows.cli import main as flow_main
+
+    with pytest.raises(SystemExit) as info:
+        flow_main(["precompute-features", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--debug" in out and "--redis-url" in out
+    assert _bad_samples({"bad": 3, "unlisted": 1}) == "3 bad samples recorded and 1 tar members not in the manifest reported"
+    assert _bad_samples({"bad": [{"key": "a"}]}) == "1 bad samples recorded"  # ingest lists them
+    assert _bad_samples({"bad": 0, "unlisted": 0}) == "" and _bad_samples(None) == ""
