@@ -74,7 +74,8 @@ def main() -> None:
     for name in args.variants:
         start = time.perf_counter()
         jbu, history = train_jbu(backbone, crops, args.steps, batch_size=args.batch_size, num_jitters=args.num_jitters,
-                                 lr=args.lr, seed=0, progress=False, **VARIANTS[name])
+                                 lr=args.lr, seed=0, progress=False, checkpoint=os.path.join(args.out, f"{name}.pt"),
+                                 checkpoint_every=args.steps, **VARIANTS[name])
         seconds = (time.perf_counter() - start) / max(args.steps, 1)
         outputs[name] = upsample(jbu, low, images)
         entropy = sum(jbu.range_entropy(images, low.shape[-2:])) / jbu.num_layers
@@ -84,7 +85,7 @@ def main() -> None:
     for i, photo in enumerate(list(photos)[:4]):
         rgb = pca_rgb([low[i]] + [high[i] for high in outputs.values()])
         save_png(side_by_side([images[i], *rgb]), os.path.join(args.out, f"{photo}.png"))
-    print(f"\npictures: {args.out}/<photo>.png — image, low-res, {', '.join(outputs)}")
+    print(f"\npictures: {args.out}/<photo>.png — image, low-res, {', '.join(outputs)}; checkpoints: {args.out}/<variant>.pt")
 
 
 def upsample(upsampler, low: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

@@ -1,21 +1,27 @@
-"""Do the shipped JBU checkpoints (and implicit fits) sharpen real photos' features, and keep their meaning?
+"""Do featup's upsamplers sharpen real photos' features where the photo has edges, and keep their meaning?
 
-For each offline photo (featup.photos) at 224 px and each EfficientNet-Lite0 tap with a shipped JBU,
-the low-res features are upsampled by bilinear, bicubic and the JBU (and, with --implicit-steps, by
-implicit fits of those budgets to the first --implicit-photos photos), then scored:
+For each photo at 224 px and each EfficientNet-Lite0 tap, the low-res features are upsampled by bilinear,
+bicubic, the classical joint bilateral filter (``bilateral``, untrained) and the shipped JBU (and, with
+--implicit-steps, implicit fits to the first --implicit-photos photos), then scored
+(featup.eval.sharpness):
 
-- edge alignment (featup.eval.edge_alignment): correlation between where the features change and where
-  the photo does; higher = sharper along the photo's edges;
-- kept meaning: cosine similarity between the upsampled features average-pooled back onto the
-  backbone's grid and the backbone's own features (1 = nothing added or lost at that scale).
+- edge concentration: the share of the features' gradient energy on the photo's Canny edges over the
+  share of edge pixels (1 = blind to edges; higher = the features change where the photo does);
+- kept meaning: cosine between the upsampled features average-pooled back onto the backbone's grid and
+  the backbone's own features (1 = nothing changed at the scale the backbone saw);
+- edge alignment (featup.eval.edge_alignment), the older correlation measure, for comparison.
 
-    python bench/sharpness.py
-    python bench/sharpness.py --taps stride16 --implicit-steps 100 200 --implicit-photos 2
+``--photos held-out`` scores Debian's opencv-doc sample photos, which featup never trains or tunes on
+(``apt-get install opencv-doc``); ``--photos packaged`` the photos of featup.photos (training material).
+
+    python bench/sharpness.py --photos held-out
+    python bench/sharpness.py --taps stride16 --implicit-steps 100 --implicit-photos 2
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -23,40 +29,59 @@ import torch
 import torch.nn.functional as F
 
 from featup.backbones import load_backbone
+from featup.data.images import decode_rgb
 from featup.eval import edge_alignment
 from featup.eval.features import image_tensor
-from featup.photos import list_sample_photos, sample_photos
+from featup.eval.sharpness import edge_concentration, image_edges, pooled_cosine
+from featup.photos import sample_photos
 from featup.training import fit_implicit
-from featup.upsamplers import load_upsampler
+from featup.upsamplers import create_upsampler, load_upsampler
+
+OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
+# The colour photographs among opencv-doc's samples (no charts, logos, text or calibration boards).
+HELD_OUT = ("HappyFish.jpg", "aero3.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "basketball1.png",
+            "building.jpg", "butterfly.jpg", "fruits.jpg", "home.jpg", "leuvenA.jpg", "messi5.jpg", "orange.jpg",
+            "rubberwhale1.png", "smarties.png", "squirrel_cls.jpg", "starry_night.jpg", "graf1.png")
+
+
+def load_photos(which: str) -> dict[str, object]:
+    """The photos to score, by name: ``held-out`` (opencv-doc) or ``packaged`` (featup.photos)."""
+    if which == "packaged":
+        return sample_photos()
+    missing = [name for name in HELD_OUT if not os.path.exists(os.path.join(OPENCV_DATA, name))]
+    if missing:
+        raise SystemExit(f"held-out photos missing from {OPENCV_DATA} ({', '.join(missing[:3])}...): "
+                         "apt-get install opencv-doc")
+    return {os.path.splitext(name)[0]: decode_rgb(os.path.join(OPENCV_DATA, name))[0] for name in HELD_OUT}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", choices=["held-out", "packaged"], default="held-out")
     parser.add_argument("--taps", nargs="+", default=["stride16", "stride32"])
     parser.add_argument("--size", type=int, default=224, help="image side in px")
-    parser.add_argument("--output-size", type=int, default=None, help="upsampled side (default: --size)")
+    parser.add_argument("--jbu", nargs="*", default=[], metavar="TAP=CHECKPOINT",
+                        help="score these JBU checkpoints instead of the shipped ones")
     parser.add_argument("--implicit-steps", type=int, nargs="*", default=[], help="implicit fit budgets to score")
     parser.add_argument("--implicit-photos", type=int, default=2, help="photos the implicit fits are scored on")
-    parser.add_argument("--implicit-views", type=int, default=64, help="views in each implicit fit's pool")
-    parser.add_argument("--implicit-views-per-step", type=int, default=8)
     args = parser.parse_args()
-    out = args.output_size or args.size
-    photos = sample_photos(list_sample_photos())
+    photos = load_photos(args.photos)
     images = torch.cat([image_tensor(photo, args.size) for photo in photos.values()])
-    guide = F.interpolate(images, size=(out, out), mode="area")
-    print(f"{len(photos)} photos at {args.size} px, features upsampled to {out} px; "
-          f"{platform.machine()}, torch {torch.__version__}\n")
+    edges = image_edges(images)
+    checkpoints = dict(item.split("=", 1) for item in args.jbu)
+    print(f"{len(photos)} {args.photos} photos at {args.size} px; {platform.machine()}, torch {torch.__version__}\n")
     for tap in args.taps:
         backbone = load_backbone("efficientnet_lite0", tap=tap)
-        jbu = load_upsampler("jbu", backbone=backbone.id)
+        jbu = load_upsampler("jbu", backbone=backbone.id, checkpoint=checkpoints.get(tap))
         with torch.no_grad():
             low = backbone(backbone.normalize(images))
             outputs = {
-                "bilinear": F.interpolate(low, size=(out, out), mode="bilinear", align_corners=False),
-                "bicubic": F.interpolate(low, size=(out, out), mode="bicubic", align_corners=False),
-                "jbu": torch.cat([jbu(low[i:i + 1], images[i:i + 1], (out, out)) for i in range(len(low))]),
+                "bilinear": F.interpolate(low, size=images.shape[-2:], mode="bilinear", align_corners=False),
+                "bicubic": F.interpolate(low, size=images.shape[-2:], mode="bicubic", align_corners=False),
+                "bilateral (classical)": each(create_upsampler("bilateral"), low, images),
+                "jbu": each(jbu, low, images),
             }
-        score(backbone, outputs, low, guide)
+        score(backbone, outputs, low, images, edges)
         print()
         if args.implicit_steps:
             k = args.implicit_photos
@@ -64,28 +89,33 @@ def main() -> None:
             for steps in args.implicit_steps:
                 start = time.perf_counter()
                 subset[f"implicit, {steps} steps"] = torch.cat(
-                    [implicit(backbone, images[i:i + 1], low[i:i + 1], steps, out, args) for i in range(k)])
+                    [implicit(backbone, images[i:i + 1], low[i:i + 1], steps) for i in range(k)])
                 print(f"(implicit fits of {steps} steps: {(time.perf_counter() - start) / k:.0f} s per photo)")
             print(f"\nOn the first {k} photos:\n")
-            score(backbone, subset, low[:k], guide[:k])
+            score(backbone, subset, low[:k], images[:k], edges[:k])
 
 
-def implicit(backbone, image: torch.Tensor, low: torch.Tensor, steps: int, out: int,
-             args: argparse.Namespace) -> torch.Tensor:
-    """The features of an implicit upsampler fitted to ``image`` for ``steps`` steps, rendered at out × out."""
-    model = fit_implicit(image, backbone, steps=steps, views=args.implicit_views,
-                         views_per_step=args.implicit_views_per_step, progress=False)
+def each(upsampler, low: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    return torch.cat([upsampler(low[i:i + 1], images[i:i + 1]) for i in range(len(low))])
+
+
+def implicit(backbone, image: torch.Tensor, low: torch.Tensor, steps: int) -> torch.Tensor:
+    """The features of an implicit upsampler fitted to ``image`` for ``steps`` steps, rendered at its size."""
+    model = fit_implicit(image, backbone, steps=steps, progress=False)
     with torch.no_grad():
-        return model(low, image, (out, out))
+        return model(low, image)
 
 
-def score(backbone, outputs: dict[str, torch.Tensor], low: torch.Tensor, guide: torch.Tensor) -> None:
-    """Print a table of each upsampler's edge alignment and pooled cosine."""
-    print("| backbone | upsampler | edge alignment ↑ | kept meaning (pooled cosine) ↑ |\n|---|---|---:|---:|")
+def score(backbone, outputs: dict[str, torch.Tensor], low: torch.Tensor, images: torch.Tensor,
+          edges: torch.Tensor) -> None:
+    """Print each upsampler's edge concentration (and its ratio to bilinear's), pooled cosine and edge alignment."""
+    print("| backbone | upsampler | edge concentration ↑ | × bilinear | pooled cosine ↑ | edge alignment ↑ |")
+    print("|---|---|---:|---:|---:|---:|")
+    base = edge_concentration(outputs["bilinear"], edges).nanmean()
     for name, high in outputs.items():
-        pooled = F.adaptive_avg_pool2d(high, low.shape[-2:])
-        kept = F.cosine_similarity(pooled, low, dim=1).mean()
-        print(f"| {backbone.id} ({backbone.dim} ch) | {name} | {edge_alignment(high, guide):.3f} | {kept:.3f} |")
+        concentration = edge_concentration(high, edges).nanmean()
+        print(f"| {backbone.id} ({backbone.dim} ch) | {name} | {concentration:.2f} | {concentration / base:.2f} | "
+              f"{pooled_cosine(high, low).mean():.3f} | {edge_alignment(high, images):.3f} |")
 
 
 if __name__ == "__main__":
