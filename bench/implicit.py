@@ -7,6 +7,7 @@ Every time is a ratio measured in this one process, because the machines these r
     python bench/implicit.py quality                  # recipes on photos: pooled cosine and edge concentration vs bilinear
     python bench/implicit.py quality --set max_log_freq=10 --set residual=False   # an ablation
     python bench/implicit.py batch --batch-sizes 1 4  # images per minute of fit_implicit_batch
+    python bench/implicit.py quality --recipes featup featup:steps=0 featup:max_log_freq=10.0   # recipe:field=value
     python bench/implicit.py pictures --out docs/img/implicit/recipes.png
 
 Measures (per photo, averaged):
@@ -65,6 +66,12 @@ def overrides(pairs: list[str]) -> dict:
     return out
 
 
+def recipe_spec(spec: str) -> tuple[str, dict]:
+    """'featup' or 'featup:steps=0:max_log_freq=10.0' -> (recipe name, overrides)."""
+    name, *pairs = spec.split(":")
+    return name, overrides(pairs)
+
+
 def forward_64(backbone, image: torch.Tensor) -> float:
     """Seconds for 64 backbone forward passes at the image's size, in one batch of 64."""
     batch = image.expand(64, -1, -1, -1).contiguous()
@@ -75,31 +82,32 @@ def forward_64(backbone, image: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
+def step_seconds(image, backbone, recipe: str, engine: str, steps: int, options: dict) -> float:
+    """Median seconds of one fit step (the views featurised before the first step are not counted)."""
+    stamps: list[float] = []
+    fit_implicit(image, backbone, recipe=recipe, engine=engine, steps=steps + 1, views=16, pca_views=16,
+                 progress=False, log=lambda record: stamps.append(time.perf_counter()), **options)
+    return float(np.median(np.diff(stamps)))
+
+
 def timing(args, backbone, images) -> None:
     image = images[:1]
+    options = overrides(args.set)
     print("| what | seconds | ratio |\n|---|---:|---:|")
     for recipe in args.recipes:
-        per_step = {}
-        for engine in ("reference", "fast"):
-            steps = [2, 2 + args.steps]
-            times = []
-            for n in steps:
-                start = time.perf_counter()
-                fit_implicit(image, backbone, recipe=recipe, engine=engine, steps=n, progress=False,
-                             **overrides(args.set))
-                times.append(time.perf_counter() - start)
-            per_step[engine] = (times[1] - times[0]) / args.steps
-            print(f"| {recipe}: one step, {engine} path | {per_step[engine]:.3f} | |")
-        print(f"| {recipe}: speed-up of a step | | {per_step['reference'] / per_step['fast']:.1f}× |")
+        per_step = {engine: step_seconds(image, backbone, recipe, engine, args.steps, options)
+                    for engine in ("reference", "fast")}
+        for engine, seconds in per_step.items():
+            print(f"| {recipe}: one step, {engine} path | {seconds:.3f} | |")
+        print(f"| {recipe}: speed-up of a step | | {per_step['reference'] / per_step['fast']:.1f}× |", flush=True)
     t64 = forward_64(backbone, image)
     start = time.perf_counter()
-    fit_implicit(image, backbone, progress=False, **overrides(args.set))
+    fit_implicit(image, backbone, progress=False, **options)
     whole = time.perf_counter() - start
-    t64_after = forward_64(backbone, image)
-    t64 = (t64 + t64_after) / 2
-    print(f"| 64 efficientnet_lite0 passes at 224 px (mean of before and after) | {t64:.2f} | 1 |")
-    print(f"| default fit ('featup', {implicit_recipe('featup', **overrides(args.set)).steps} steps), "
-          f"views featurised included | {whole:.2f} | {whole / t64:.1f}× |")
+    t64 = (t64 + forward_64(backbone, image)) / 2
+    print(f"| 64 efficientnet_lite0 passes at 224 px, one batch (mean of before and after) | {t64:.2f} | 1 |")
+    print(f"| default fit ('featup', {implicit_recipe('featup', **options).steps} steps), views featurised "
+          f"included | {whole:.2f} | {whole / t64:.1f}× |")
 
 
 def quality(args, backbone, images, low) -> None:
@@ -107,8 +115,9 @@ def quality(args, backbone, images, low) -> None:
     base_edges = edge_concentration(bilinear, images)
     print("| upsampler | pooled cosine | edge concentration | vs bilinear | seconds / image |\n|---|---:|---:|---:|---:|")
     print(f"| bilinear | {pooled_cosine(bilinear, low):.3f} | {base_edges:.2f} | 1.00× | |")
-    for recipe in args.recipes:
-        options = overrides(args.set)
+    for spec in args.recipes:
+        recipe, options = recipe_spec(spec)
+        options = {**overrides(args.set), **options}
         start = time.perf_counter()
         rendered = torch.cat([render(fit_implicit(images[i:i + 1], backbone, recipe=recipe, seed=args.seed,
                                                   progress=False, **options), images[i:i + 1])
@@ -145,8 +154,11 @@ def pictures(args, backbone, images, low) -> None:
     for i in range(len(images)):
         image = images[i:i + 1]
         maps = [F.interpolate(low[i:i + 1], size=image.shape[-2:], mode="bilinear", align_corners=False)]
-        maps += [render(fit_implicit(image, backbone, recipe=r, seed=args.seed, progress=False, **overrides(args.set)),
-                        image) for r in args.recipes]
+        for spec in args.recipes:
+            recipe, options = recipe_spec(spec)
+            model = fit_implicit(image, backbone, recipe=recipe, seed=args.seed, progress=False,
+                                 **{**overrides(args.set), **options})
+            maps.append(render(model, image))
         rows.append(side_by_side([image[0], *pca_rgb([low[i], *maps])]))
     save_png(torch.cat([torch.cat([r, torch.ones(3, 4, r.shape[-1])], 1) for r in rows], 1)[:, :-4], args.out)
     print(f"wrote {args.out}: per row the photo, low-res, bilinear, then " + ", ".join(args.recipes))
@@ -158,10 +170,10 @@ def main() -> None:
     parser.add_argument("--photos", nargs="+", default=PHOTOS)
     parser.add_argument("--recipes", nargs="+", default=None)
     parser.add_argument("--set", action="append", default=[], help="recipe override name=value (repeatable)")
-    parser.add_argument("--steps", type=int, default=3, help="timing: steps timed per path")
+    parser.add_argument("--steps", type=int, default=4, help="timing: steps timed per path")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="1: on a busy machine a second thread costs more than it gives")
     parser.add_argument("--out", default="docs/img/implicit/recipes.png")
     args = parser.parse_args()
     args.recipes = args.recipes or (["featup-v0", "featup"] if args.mode == "timing" else ["featup"])

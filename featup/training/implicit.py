@@ -79,13 +79,18 @@ class ImplicitRecipe:
     edge_weight: float = 0.0
     edge_sigma: float = 0.1
     windows: str = "centred"
-    residual: bool = False
+    base: str | None = None
+    guide_sigma_spatial: float = 0.8
+    guide_sigma_range: float = 0.15
+    guide_radius: int = 2
+    guide_iterations: int = 10
     n_freqs: int = 30
     min_log_freq: float = -2.0
     max_log_freq: float = 10.0
     hidden_dim: int = 128
     dropout: float = 0.2
     learn_phases: bool = True
+    uniform_attention: bool = False
     featurize_batch: int = 64
 
 
@@ -96,7 +101,7 @@ RECIPES: dict[str, ImplicitRecipe] = {
     "featup-v0": ImplicitRecipe(),
     # The default: residual over bilinear, frequencies to e^4, edge-aware smoothness, a CPU budget.
     "featup": ImplicitRecipe(steps=60, views=48, views_per_step=4, lr=5e-3, warmup_steps=5, pca_views=48,
-                             residual=True, max_log_freq=4.0, edge_weight=1.0, blur_pin_weight=0.0,
+                             base="guided", max_log_freq=4.0, edge_weight=1.0, blur_pin_weight=0.0,
                              dropout=0.0, learn_phases=False),
 }
 
@@ -112,6 +117,8 @@ def implicit_recipe(recipe: str | ImplicitRecipe = "featup", **overrides) -> Imp
     if unknown:
         raise TypeError(f"unknown implicit fit options {unknown}; the recipe's fields are {sorted(names)}")
     recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None or k == "projection_dim"})
+    if recipe.base not in (None, "bilinear", "guided"):
+        raise ValueError(f"unknown base {recipe.base!r}; choose None (the published model), 'bilinear' or 'guided'")
     if recipe.windows not in ("centred", "published"):
         raise ValueError(f"unknown windows {recipe.windows!r}; choose 'centred' or 'published'")
     if recipe.steps < 0 or recipe.views < 1 or recipe.views_per_step < 1:
@@ -168,6 +175,11 @@ def fit_implicit_batch(images: torch.Tensor | Sequence[torch.Tensor], backbone: 
     return fit.models
 
 
+def _guide(cfg: ImplicitRecipe) -> dict:
+    return {"sigma_spatial": cfg.guide_sigma_spatial, "sigma_range": cfg.guide_sigma_range,
+            "radius": cfg.guide_radius, "iterations": cfg.guide_iterations}
+
+
 class _BatchFit:
     """The state of one batched fit: per-image models, generators, view pools and stacked parameters."""
 
@@ -190,7 +202,8 @@ class _BatchFit:
                 model = ImplicitUpsampler(backbone.dim, (h, w), proj_dim=cfg.proj_dim, n_freqs=cfg.n_freqs,
                                           hidden_dim=cfg.hidden_dim, dropout=cfg.dropout,
                                           min_log_freq=cfg.min_log_freq, max_log_freq=cfg.max_log_freq,
-                                          base_grid=self.grid if cfg.residual else None).to(self.device)
+                                          base_grid=None if cfg.base is None else self.grid,
+                                          base_mode=cfg.base or "bilinear", guide=_guide(cfg)).to(self.device)
                 model.set_image(images[i:i + 1])
                 source = model.fitted_image()
                 jitters = [sample_jitter(h, w, cfg.max_pad, cfg.max_zoom, g) for _ in range(cfg.views)]
@@ -202,12 +215,22 @@ class _BatchFit:
                 # MLP's output layer and the uncertainty net far from their scale at initialisation.
                 unit = coefficients[:cfg.pca_views].square().mean().sqrt().clamp_min(1e-6)
                 model.set_pca(mean, components, unit)
-                if cfg.residual:
+                if cfg.base is not None:
+                    with torch.no_grad():
+                        # The correction starts at zero: step 0 renders the base exactly.
+                        model.net[-1].weight.zero_()
+                        model.net[-1].bias.zero_()
                     with torch.no_grad(), gpu_autocast(self.device):
                         low = backbone(backbone.normalize(source)).float()
                     model.set_base(model.to_pca(low))
                     bases.append(model.render_base((h, w))[0].permute(1, 2, 0).reshape(h * w, -1))
-                downsamplers.append(_implicit_downsampler(cfg.windows, model.proj_dim + 1, stride).to(self.device))
+                downsampler = _implicit_downsampler(cfg.windows, model.proj_dim + 1, stride).to(self.device)
+                if cfg.uniform_attention:
+                    # Start the attention pooling as a plain (blurred) window average: no feature-driven saliency.
+                    with torch.no_grad():
+                        downsampler.saliency.weight.zero_()
+                        downsampler.saliency.bias.zero_()
+                downsamplers.append(downsampler)
                 scale_nets.append(UncertaintyScale(model.proj_dim).to(self.device))
             self.models.append(model)
             targets.append(coefficients / unit)

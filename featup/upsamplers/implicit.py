@@ -6,8 +6,12 @@ to [-0.5, 0.5], and a PCA basis of the backbone's features: the MLP predicts fea
 features at any size; a saved model is about half a megabyte. ``featup.training.fit_implicit`` fits one.
 
 With ``base_grid`` the model is residual: it also holds the backbone's own low-res features of the
-image (in PCA units) and renders ``bilinear(base) + MLP``, so a fit starts from the bilinear upsampling
-and the MLP only learns the correction (featup's default recipe); without it, the published model.
+image (in PCA units) and renders ``upsample(base) + MLP``, so a fit starts from a classical upsampling
+that keeps the features' meaning and the MLP only learns the correction (featup's default recipe);
+without it, the published model. ``base_mode`` picks the upsampling: ``"bilinear"``, or ``"guided"``:
+joint bilateral upsampling (Kopf et al. 2007; every pixel mixes the low-res cells around it by distance
+and by how close its colour is to theirs) with back-projection (the part that average pooling back onto
+the grid loses is upsampled the same way and added, ``guide_iterations`` times).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from featup.checkpoints import load_checkpoint, save_checkpoint
 from featup.upsamplers._inputs import resolve_output_size
 from featup.upsamplers._registry import register_upsampler
 
-__all__ = ["ChannelDropout", "ImplicitUpsampler"]
+__all__ = ["ChannelDropout", "ImplicitUpsampler", "guided_upsample"]
 
 # Pixels rendered per chunk without autograd: bounds the 303-channel Fourier features at large sizes.
 _CHUNK_PIXELS = 1 << 18
@@ -43,12 +47,60 @@ class ChannelDropout(nn.Module):
         return x * F.dropout(keep, self.p, training=True)
 
 
+def guided_upsample(low: torch.Tensor, image: torch.Tensor, *, sigma_spatial: float = 0.8,
+                    sigma_range: float = 0.15, radius: int = 2, iterations: int = 10) -> torch.Tensor:
+    """Joint bilateral upsampling of B×C×h×w features to the B×3×H×W image's size (0..1), with back-projection.
+
+    Pixel p takes ``Σ_q k(p, q) low[q] / Σ_q k(p, q)`` over the (2·radius + 1)² low-res cells q around it,
+    ``k = exp(-‖u_p - q‖² / (2 σ_s²) - ‖I(p) - Ī(q)‖² / (2 σ_r²))`` with u_p the pixel's position in cell
+    units and Ī the image averaged over each cell. Then ``iterations`` times: the cells' features minus the
+    upsampled features averaged back over each cell are upsampled the same way and added.
+    """
+    if low.ndim != 4 or image.ndim != 4 or image.shape[1] != 3 or image.shape[0] != low.shape[0]:
+        raise ValueError(f"expected B×C×h×w features and a B×3×H×W image, got {tuple(low.shape)} and "
+                         f"{tuple(image.shape)}")
+    h, w = low.shape[-2:]
+    height, width = image.shape[-2:]
+    b, c = low.shape[:2]
+    cells = F.adaptive_avg_pool2d(image, (h, w))
+    uy = (torch.arange(height, device=low.device, dtype=low.dtype) + 0.5) * h / height - 0.5
+    ux = (torch.arange(width, device=low.device, dtype=low.dtype) + 0.5) * w / width - 0.5
+    cy, cx = uy.round().clamp(0, h - 1).long(), ux.round().clamp(0, w - 1).long()
+    # The upsampling is linear in the features: a matrix U (H·W × h·w) per image, built tap by tap.
+    weights, columns = [], []
+    for dy in range(-radius, radius + 1):
+        qy = cy + dy
+        for dx in range(-radius, radius + 1):
+            qx = cx + dx
+            inside = ((qy >= 0) & (qy < h))[:, None] & ((qx >= 0) & (qx < w))[None]
+            qy_, qx_ = qy.clamp(0, h - 1), qx.clamp(0, w - 1)
+            spatial = torch.exp(-((uy - qy)[:, None].square() + (ux - qx)[None].square()) / (2 * sigma_spatial**2))
+            colour = (image - cells[:, :, qy_][:, :, :, qx_]).square().sum(1)
+            weights.append(spatial * inside * torch.exp(-colour / (2 * sigma_range**2)))  # B×H×W
+            columns.append((qy_[:, None] * w + qx_[None]).expand(height, width))
+    weights = torch.stack(weights, -1)
+    weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
+    columns = torch.stack(columns, -1).expand(b, -1, -1, -1)
+    upsample = low.new_zeros(b, height * width, h * w)
+    upsample.scatter_add_(2, columns.reshape(b, height * width, -1), weights.reshape(b, height * width, -1))
+    # Back-projection is linear too: out = U · Σ_k (I − P·U)^k · low, with P the average pooling onto the cells.
+    pooled = F.adaptive_avg_pool2d(upsample.transpose(1, 2).reshape(b * h * w, 1, height, width), (h, w))
+    residual = torch.eye(h * w, device=low.device, dtype=low.dtype) - pooled.view(b, h * w, h * w).transpose(1, 2)
+    total = term = torch.eye(h * w, device=low.device, dtype=low.dtype).expand(b, -1, -1)
+    for _ in range(iterations):
+        term = residual @ term
+        total = total + term
+    out = upsample @ (total @ low.flatten(2).transpose(1, 2))  # B×H·W×C
+    return out.transpose(1, 2).reshape(b, c, height, width)
+
+
 class ImplicitUpsampler(nn.Module):
     """Per-image implicit feature field: Fourier features of (y, x, rgb) → MLP → PCA space → C channels."""
 
     def __init__(self, dim: int, image_size: Sequence[int] = (224, 224), *, proj_dim: int = 128,
                  n_freqs: int = 30, hidden_dim: int = 128, dropout: float = 0.2, min_log_freq: float = -2.0,
-                 max_log_freq: float = 10.0, base_grid: Sequence[int] | None = None):
+                 max_log_freq: float = 10.0, base_grid: Sequence[int] | None = None, base_mode: str = "bilinear",
+                 guide: dict | None = None):
         super().__init__()
         self.dim = dim
         self.proj_dim = min(proj_dim, dim)
@@ -57,6 +109,10 @@ class ImplicitUpsampler(nn.Module):
         self.max_log_freq = float(max_log_freq)
         height, width = (int(s) for s in image_size)
         self.base_grid = None if base_grid is None else (int(base_grid[0]), int(base_grid[1]))
+        if base_mode not in ("bilinear", "guided"):
+            raise ValueError(f"unknown base_mode {base_mode!r}; choose 'bilinear' or 'guided'")
+        self.base_mode = base_mode
+        self.guide = dict(guide or {})
         if self.base_grid is not None:
             # The backbone's low-res features in PCA units: rendered bilinearly under the MLP's correction.
             self.register_buffer("base", torch.zeros(1, self.proj_dim, *self.base_grid))
@@ -164,6 +220,12 @@ class ImplicitUpsampler(nn.Module):
         """The base bilinearly upsampled to ``size`` (1×proj_dim×H×W), or None for the published model."""
         if self.base_grid is None:
             return None
+        if self.base_mode == "guided":
+            image = self.fitted_image()
+            if tuple(size) != self.image_size:
+                image = F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=False,
+                                      antialias=size[0] < self.image_size[0] or size[1] < self.image_size[1])
+            return guided_upsample(self.base, image, **self.guide)
         return F.interpolate(self.base, size=tuple(size), mode="bilinear", align_corners=False)
 
     def _mlp(self, image: torch.Tensor, ys: torch.Tensor | None = None) -> torch.Tensor:
@@ -211,7 +273,8 @@ class ImplicitUpsampler(nn.Module):
             "upsampler_kwargs": {"image_size": list(self.image_size), "proj_dim": self.proj_dim,
                                  "n_freqs": self.n_freqs, "hidden_dim": self.net[2].out_features,
                                  "min_log_freq": self.min_log_freq, "max_log_freq": self.max_log_freq,
-                                 "base_grid": None if self.base_grid is None else list(self.base_grid)},
+                                 "base_grid": None if self.base_grid is None else list(self.base_grid),
+                                 "base_mode": self.base_mode, "guide": self.guide},
         }
         return save_checkpoint(path_or_url, self, {**cfg, **(metadata or {})})
 
@@ -231,7 +294,9 @@ class ImplicitUpsampler(nn.Module):
 @register_upsampler
 def implicit(dim: int, image_size: Sequence[int] = (224, 224), proj_dim: int = 128, n_freqs: int = 30,
              hidden_dim: int = 128, min_log_freq: float = -2.0, max_log_freq: float = 10.0,
-             base_grid: Sequence[int] | None = None) -> ImplicitUpsampler:
+             base_grid: Sequence[int] | None = None, base_mode: str = "bilinear",
+             guide: dict | None = None) -> ImplicitUpsampler:
     """An unfitted implicit upsampler for ``dim``-channel features; fit it with ``featup.training.fit_implicit``."""
     return ImplicitUpsampler(dim, image_size, proj_dim=proj_dim, n_freqs=n_freqs, hidden_dim=hidden_dim,
-                             min_log_freq=min_log_freq, max_log_freq=max_log_freq, base_grid=base_grid)
+                             min_log_freq=min_log_freq, max_log_freq=max_log_freq, base_grid=base_grid,
+                             base_mode=base_mode, guide=guide)
