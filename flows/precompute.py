@@ -15,6 +15,8 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from featup.pipeline import ShardReport
+from featup.store import open_feature_store
 from tasks.features import create_store, process_shard, shard_lock_key
 from tasks.locks import lock_manager
 from tasks.storage import storage_options
@@ -130,29 +132,43 @@ def _run_shards(store_url: str, pending: list[int], options: dict[str, Any], pro
                 concurrency: int = 1) -> list[dict[str, Any]]:
     """Run one task per pending shard (on this subflow's task runner); update progress as they finish.
 
-    At most ``concurrency`` shards are in flight, and the next one taken is one no other run holds,
-    so runs started together split the shards instead of queueing behind each other.
+    At most ``concurrency`` shards are in flight. The next one taken is one no other run holds and the
+    store does not yet record complete (another run may have finished it since this run listed it), so
+    runs started together, or one after the other, split the shards instead of trailing each other.
     """
     locks = lock_manager(options["lock_dir"], options["redis_url"])
+    store = open_feature_store(store_url, storage_options=storage_options(options["storage_secret"]))
     todo, running, reports = list(pending), {}, []
     done = total - len(pending)
 
-    def take() -> int:
-        for shard in todo:
-            if locks is None or not locks.is_locked(shard_lock_key(store_url, options["store_version"], shard)):
-                todo.remove(shard)
+    def take() -> int | None:
+        for shard in list(todo):
+            if locks is not None and locks.is_locked(shard_lock_key(store_url, options["store_version"], shard)):
+                continue
+            todo.remove(shard)
+            if not store.is_complete(shard):
                 return shard
-        return todo.pop(0)  # all held elsewhere: wait for one; the store then says whether it is left to do
+            reports.append(ShardReport(shard, skipped=True).to_dict())  # done by another run meanwhile
+            finished()
+        # all left are held elsewhere: wait for one; the shard task asks the store again under the lock
+        return todo.pop(0) if todo else None
+
+    def finished() -> None:
+        nonlocal done
+        done += 1
+        update_progress_artifact(progress_id, progress=100.0 * done / total)
 
     while todo or running:
         while todo and len(running) < max(1, concurrency):
             shard = take()
-            running[process_shard.submit(store_url, shard, **options)] = shard
+            if shard is not None:
+                running[process_shard.submit(store_url, shard, **options)] = shard
+        if not running:
+            break
         future = next(as_completed(list(running)))
         del running[future]
         reports.append(dict(future.result()))
-        done += 1
-        update_progress_artifact(progress_id, progress=100.0 * done / total)
+        finished()
     return sorted(reports, key=lambda r: r["shard"])
 
 
