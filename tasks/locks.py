@@ -14,11 +14,13 @@ the feature store, inside the lock.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,21 +47,53 @@ def _alive(pid: int) -> bool:
 
 
 class ProcessAwareLockManager(FileSystemLockManager):
-    """A FileSystemLockManager whose locks die with the process that took them."""
+    """A FileSystemLockManager whose locks die with the process that took them.
+
+    A lock file appears whole or not at all (written beside it, then hard-linked into place): Prefect's
+    own manager creates it empty and writes it after, and a run killed between the two left an empty
+    file that every later run failed to parse.
+    """
+
+    UNREADABLE_STALE_S = 5.0  # an unparsable lock file (an older writer killed mid-write) older than this is stale
 
     def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
                      hold_timeout: float | None = None) -> bool:
-        acquired = super().acquire_lock(key, holder, acquire_timeout, hold_timeout)
-        if acquired:
-            path = Path(self._lock_path_for_key(key))
-            info = json.loads(path.read_bytes())
-            path.write_text(json.dumps({**info, "pid": os.getpid(), "host": socket.gethostname()}))
-        return acquired
+        self._ensure_lock_files_directory_exists()
+        path = Path(self._lock_path_for_key(key))
+        expiration = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=hold_timeout)
+                      if hold_timeout is not None else None)
+        body = json.dumps({"holder": holder, "expiration": expiration.isoformat() if expiration else None,
+                           "pid": os.getpid(), "host": socket.gethostname()})
+        while True:
+            if self.is_locked(key) and not self.is_lock_holder(key, holder):
+                if not self.wait_for_lock(key, acquire_timeout):
+                    return False
+            tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+            tmp.write_text(body)
+            try:
+                os.link(tmp, path)  # atomic: fails if another holder's lock appeared meanwhile
+            except FileExistsError:
+                if acquire_timeout is not None and acquire_timeout <= 0:
+                    return False
+                continue
+            finally:
+                tmp.unlink(missing_ok=True)
+            self._locks[key] = {"holder": holder, "expiration": expiration, "path": str(path)}
+            return True
 
     def is_locked(self, key: str, use_cache: bool = False) -> bool:
+        path = Path(self._lock_path_for_key(key))
         try:
             info = self._get_lock_info(key, use_cache=use_cache)
-        except ValueError:  # the file exists but its content is not written yet: a lock being taken
+        except ValueError:  # unparsable: being written by a plain FileSystemLockManager, or left by a killed one
+            try:
+                stale = time.time() - path.stat().st_mtime > self.UNREADABLE_STALE_S
+            except FileNotFoundError:
+                return False
+            if stale:
+                path.unlink(missing_ok=True)
+                self._locks.pop(key, None)
+                return False
             return True
         if info and info.get("host") == socket.gethostname() and not _alive(int(info.get("pid", 0))):
             Path(info["path"]).unlink(missing_ok=True)

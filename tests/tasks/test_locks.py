@@ -62,6 +62,7 @@ def test_a_lock_whose_process_was_killed_is_released(tmp_path):
 
 # --- across hosts: prefect-redis's lock manager on a real redis-server ---
 
+import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 
@@ -121,3 +122,17 @@ def test_a_dead_hosts_redis_lock_expires_after_its_lease_and_a_live_one_is_renew
     with held(manager, key):
         waited = time.monotonic() - start
     assert waited < 10, f"waited {waited:.1f} s for a dead host's lock"
+
+
+def test_a_lock_file_left_empty_by_a_killed_writer_does_not_stall_or_break_the_next_run(tmp_path):
+    # Prefect's FileSystemLockManager creates the file, then writes it: a kill in between leaves it empty
+    manager = ProcessAwareLockManager(lock_files_directory=tmp_path)
+    key = lock_key("shard", "x", 0)
+    empty = Path(manager._lock_path_for_key(key))
+    tmp_path.mkdir(exist_ok=True)
+    empty.touch()
+    assert manager.is_locked(key), "a file being written is a lock being taken"
+    os.utime(empty, (time.time() - 60, time.time() - 60))
+    with host_lock(tmp_path, "shard", "x", 0):  # a minute old and unreadable: stale
+        assert json.loads(empty.read_text())["pid"] == os.getpid(), "written whole, with its holder"
+    assert not empty.exists()
