@@ -156,3 +156,18 @@ def test_a_short_default_fit_keeps_meaning_on_a_real_photo():
     grad_bilinear = (bilinear[..., 1:, :] - bilinear[..., :-1, :]).square().sum(1)
     edges = (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1) > 0.15
     assert grad[edges].sum() / grad.sum() > 1.3 * grad_bilinear[edges].sum() / grad_bilinear.sum()
+
+
+def test_edge_aware_smoothness_charges_changes_inside_flat_regions_not_across_edges():
+    from featup.losses import edge_aware_smoothness, image_edge_weights
+
+    image = torch.zeros(1, 3, 8, 8)
+    image[..., 4:] = 1.0
+    weights = image_edge_weights(image, 0.1)
+    across = torch.zeros(1, 8, 8, 2)
+    across[:, :, 4:] = 1.0  # the features change where the image does
+    inside = torch.zeros(1, 8, 8, 2)
+    inside[:, :, 2:] = 1.0  # the same change two pixels off the edge
+    assert edge_aware_smoothness(across, weights) < 1e-6 < edge_aware_smoothness(inside, weights)
+    with pytest.raises(ValueError, match="sigma"):
+        image_edge_weights(image, 0.0)
