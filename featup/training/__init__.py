@@ -20,7 +20,7 @@ Every random draw comes from ``seed``: a step's draws (batch, jitters, projectio
 on ``(seed, step)``, so a resumed run continues exactly as an uninterrupted one would.
 """
 
-from featup.training.implicit import fit_implicit
+from featup.training.implicit import fit_implicit, fit_implicit_batch
 from featup.training.jbu import train_jbu, training_state_path
 
-__all__ = ["fit_implicit", "train_jbu", "training_state_path"]
+__all__ = ["fit_implicit", "fit_implicit_batch", "train_jbu", "training_state_path"]
