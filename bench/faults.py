@@ -56,7 +56,7 @@ def _env(api: str, **extra: str) -> dict[str, str]:
 
 def _start(api: str, shards: str, store: str, locks: Path, log: Path, *extra: str, env: dict | None = None):
     out = open(log, "a")
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "precompute-features", "--shards", shards,
+    return subprocess.Popen([sys.executable, "-m", "featup_flows.cli", "precompute-features", "--shards", shards,
                              "--store", store, "--lock-dir", str(locks), *RUN, *extra],
                             cwd=REPO, env=env or _env(api), stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -134,7 +134,7 @@ def _running(api: str, task: str) -> int:
 
 def _together(api: str, start_both, store: str, dataset: str, lock_dir: Path, redis_url: str | None = None):
     """Start two runs so that they really meet: both queue on the store-creation lock, held here until both wait."""
-    from tasks.locks import host_lock
+    from featup_tasks.locks import host_lock
 
     with host_lock(lock_dir, "store", store, dataset, "efficientnet_lite0", "bilinear", redis_url=redis_url):
         procs = start_both()
@@ -167,7 +167,7 @@ def main() -> int:
     from conftest import MotoServer, RedisServer
 
     from featup.data import ingest
-    from flows.local_api import TiedServer
+    from featup_flows.local_api import TiedServer
 
     drills: list[Drill] = []
     api_server = TiedServer()

@@ -92,7 +92,7 @@ def train_steps(backbone, photos, steps: int) -> None:
     for name in ("old path", "new path", "old path", "new path"):
         # The old path's other difference (fixup on the full-res output) is gone from forward_projected-free
         # training too; the range logits are the part that differs inside train_jbu.
-        jbu_module.neighbour_products = ((lambda q, r: fast(q, r, backend="torch")) if name == "old path" else fast)
+        jbu_module.neighbour_products = ((lambda q, r, k=None: fast(q, r, k, backend="torch")) if name == "old path" else fast)
         start = time.perf_counter()
         _, history = train_jbu(backbone, crops, steps, batch_size=4, num_jitters=5, progress=False)
         results.setdefault(name, []).append((time.perf_counter() - start) / steps)

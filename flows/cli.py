@@ -27,11 +27,11 @@ from featup.cli import build_parser, run_command
 # subcommand -> (module, flow function); imported only when that subcommand runs, since importing
 # Prefect costs seconds.
 FLOWS: dict[str, tuple[str, str]] = {
-    "demo": ("flows.demo", "demo"),
-    "ingest": ("flows.ingest", "ingest"),
-    "train-jbu": ("flows.train_jbu", "train_jbu"),
-    "precompute-features": ("flows.precompute", "precompute_features"),
-    "evaluate": ("flows.evaluate", "evaluate"),
+    "demo": ("featup_flows.demo", "demo"),
+    "ingest": ("featup_flows.ingest", "ingest"),
+    "train-jbu": ("featup_flows.train_jbu", "train_jbu"),
+    "precompute-features": ("featup_flows.precompute", "precompute_features"),
+    "evaluate": ("featup_flows.evaluate", "evaluate"),
 }
 
 _FLOW_HELP = {
@@ -174,7 +174,7 @@ def run_flow(command: str, argv: Sequence[str]) -> int:
     from prefect import tags
 
     from featup.io import describe
-    from flows.local_api import crash_stale_runs, local_api, run_tags
+    from featup_flows.local_api import crash_stale_runs, local_api, run_tags
 
     if not debug:
         # Storage clients torn down at exit after a failure (s3fs/zarr coroutines never awaited) would print

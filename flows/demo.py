@@ -7,9 +7,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.evaluate import evaluate
-from flows.ingest import ingest
-from flows.precompute import precompute_features
+from featup_flows.evaluate import evaluate
+from featup_flows.ingest import ingest
+from featup_flows.precompute import precompute_features
 
 
 @flow(name="demo", log_prints=True)

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
-from tasks.data import read_samples
-from tasks.evaluation import publish_report, render_report, score_upsamplers
+from featup_tasks.data import read_samples
+from featup_tasks.evaluation import publish_report, render_report, score_upsamplers
 
 
 def _split(samples: list[dict[str, Any]], test_every: int) -> tuple[list, list]:
@@ -83,7 +83,7 @@ def evaluate(
     num_classes = class_names = None
     if seg_shards:
         from featup.data.manifest import read_manifest
-        from tasks.storage import storage_options
+        from featup_tasks.storage import storage_options
 
         class_names = read_manifest(seg_shards, storage_options=storage_options(storage_secret)).classes
         seg_train = read_samples(seg_shards, **read)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from tasks.data import ingest_dataset
+from featup_tasks.data import ingest_dataset
 
 Layout = Literal["folder", "cocostuff", "ade20k", "fashion_mosaics", "depth_scenes", "photos", "pool"]
 

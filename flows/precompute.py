@@ -17,9 +17,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from featup.pipeline import ShardReport
 from featup.store import open_feature_store
-from tasks.features import create_store, process_shard, shard_lock_key
-from tasks.locks import lock_manager
-from tasks.storage import storage_options
+from featup_tasks.features import create_store, process_shard, shard_lock_key
+from featup_tasks.locks import lock_manager
+from featup_tasks.storage import storage_options
 
 Upsampler = Literal["jbu", "implicit", "bilinear", "resize_conv"]
 DEFAULT_LOCK_DIR = os.path.join(Path.home(), ".prefect", "featup-shard-locks")

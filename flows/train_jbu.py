@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from tasks.data import read_samples
-from tasks.training import train_jbu_task
+from featup_tasks.data import read_samples
+from featup_tasks.training import train_jbu_task
 
 
 @flow(name="train-jbu", log_prints=True)

@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 
 from featup.data import ingest, open_shards
 from featup.data.samples import BadSample
-from tasks.storage import io_retry, storage_options
+from featup_tasks.storage import io_retry, storage_options
 
 
 @task(name="ingest-dataset", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=io_retry,

@@ -13,8 +13,8 @@ from featup.eval import CompareSettings, StoredFeatures, compare_upsamplers, mar
 from featup.pipeline import ImplicitPerImage
 from featup.store import open_feature_store
 from featup.upsamplers import list_upsamplers, load_upsampler
-from tasks import models
-from tasks.storage import io_retry, storage_options
+from featup_tasks import models
+from featup_tasks.storage import io_retry, storage_options
 
 
 def upsampler_specs(names: list[str], checkpoints: dict[str, str], implicit_options: dict[str, Any],

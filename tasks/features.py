@@ -9,9 +9,9 @@ from prefect import get_run_logger, task
 from featup.data.manifest import read_manifest
 from featup.pipeline import precompute_shard
 from featup.store import FeatureSpec, create_feature_store, open_feature_store
-from tasks import models
-from tasks.locks import held, host_lock, lock_key, lock_manager
-from tasks.storage import io_retry, storage_options
+from featup_tasks import models
+from featup_tasks.locks import held, host_lock, lock_key, lock_manager
+from featup_tasks.storage import io_retry, storage_options
 
 
 @task(name="create-feature-store", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=io_retry,

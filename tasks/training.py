@@ -8,8 +8,8 @@ import torch
 from prefect import get_run_logger, task
 
 from featup.training import train_jbu
-from tasks import models
-from tasks.storage import storage_options
+from featup_tasks import models
+from featup_tasks.storage import storage_options
 
 
 @task(name="train-jbu", tags=["gpu"], persist_result=False)

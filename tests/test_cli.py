@@ -57,8 +57,8 @@ def test_console_script_runs():
 
 
 def test_flow_commands_offer_debug_and_say_what_was_recorded_bad(capsys):
-    from flows.cli import _bad_samples
-    from flows.cli import main as flow_main
+    from featup_flows.cli import _bad_samples
+    from featup_flows.cli import main as flow_main
 
     with pytest.raises(SystemExit) as info:
         flow_main(["precompute-features", "--help"])

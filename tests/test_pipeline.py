@@ -120,3 +120,23 @@ def test_unreachable_storage_leaves_the_shard_pending_and_a_rerun_finishes(tmp_p
     assert _dataset(f"{bucket}/shards", options).shards == manifest.shards
     assert _run(store, 0, backbone, options).written == 2
     assert store.pending_shards() == [1, 2] and store.bad_samples() == []
+
+
+# --- the implicit upsampler in the pipeline: a batch fitted at once, each image as if fitted alone ---
+
+
+def test_implicit_per_image_fits_the_batch_at_once_and_matches_single_fits(backbone):
+    from featup.pipeline import ImplicitPerImage, featurize
+    from featup.training import fit_implicit
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, SIZE, SIZE)
+    options = {"steps": 2, "seed": 3}
+    with torch.no_grad():
+        low, high = featurize(backbone, ImplicitPerImage(backbone, **options), images, (48, 48))
+    assert high.shape == (2, backbone.dim, 48, 48) and torch.isfinite(high).all()
+    for i in range(2):
+        alone = fit_implicit(images[i], backbone, progress=False, steps=2, seed=3 + i)
+        with torch.no_grad():
+            expected = alone(low[i : i + 1], images[i : i + 1], (48, 48))
+        torch.testing.assert_close(high[i : i + 1], expected, rtol=1e-3, atol=1e-3)

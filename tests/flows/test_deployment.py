@@ -130,11 +130,12 @@ def test_container_templates_run_the_image_built_by_the_dockerfile():
 
 
 def test_prefect_yaml_deploys_every_flow_of_the_cli_with_parameters_it_accepts():
-    from flows.cli import FLOWS
+    from featup_flows.cli import FLOWS
 
     config = _prefect_yaml()
     deployed = {d["entrypoint"] for d in config["deployments"]}
-    assert deployed == {f"{module.replace('.', '/')}.py:{name}" for module, name in FLOWS.values()}
+    # featup_flows is the installed name of the flows/ folder, which entrypoints name by path.
+    assert deployed == {f"flows/{module.split('.')[-1]}.py:{name}" for module, name in FLOWS.values()}
     names = [(_flow(d["entrypoint"]).name, d["name"]) for d in config["deployments"]]
     assert len(set(names)) == len(names), "two deployments with the same flow/name"
     for deployment in config["deployments"]:

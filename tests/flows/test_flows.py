@@ -48,10 +48,10 @@ def _artifacts(flow_run_id) -> dict[str, object]:
 
 
 def test_ingest_precompute_evaluate_train_on_s3(prefect_api, s3_secret, s3_server, tmp_path):
-    from flows.evaluate import evaluate
-    from flows.ingest import ingest
-    from flows.precompute import precompute_features
-    from flows.train_jbu import train_jbu
+    from featup_flows.evaluate import evaluate
+    from featup_flows.ingest import ingest
+    from featup_flows.precompute import precompute_features
+    from featup_flows.train_jbu import train_jbu
     from featup.store import open_feature_store
 
     bucket = s3_server.new_bucket()
@@ -120,7 +120,7 @@ def test_ingest_precompute_evaluate_train_on_s3(prefect_api, s3_secret, s3_serve
 def test_precompute_on_a_local_dask_cluster(prefect_api, tmp_path):
     from featup.data import ingest as ingest_layout
     from featup.store import open_feature_store
-    from flows.precompute import precompute_features
+    from featup_flows.precompute import precompute_features
 
     ingest_layout("fashion_mosaics", "-", str(tmp_path / "shards"), n=6, size=32, max_count=2, progress=False)
     summary = precompute_features(shards=str(tmp_path / "shards"), store=str(tmp_path / "features"),
@@ -131,7 +131,7 @@ def test_precompute_on_a_local_dask_cluster(prefect_api, tmp_path):
 
 
 def _run_precompute(shards: Path, store: Path, lock_dir: Path, home: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "flows.cli", "precompute-features", "--shards", str(shards), "--store",
+    command = [sys.executable, "-m", "featup_flows.cli", "precompute-features", "--shards", str(shards), "--store",
                str(store), "--upsampler", "bilinear", "--output-size", "224", "--batch-size", "1",
                "--num-workers", "0", "--lock-dir", str(lock_dir)]
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(home)}

@@ -52,7 +52,7 @@ def _mosaics(url: str, storage_options=None, n: int = 6, size: int = 32, per_sha
 
 
 def _precompute(shards: str, store: str, lock_dir: Path, **kw):
-    from flows.precompute import precompute_features
+    from featup_flows.precompute import precompute_features
 
     return precompute_features(shards=shards, store=store, upsampler="bilinear", output_size=32, num_workers=0,
                                lock_dir=str(lock_dir), **kw)
@@ -131,7 +131,7 @@ def test_damaged_missing_and_extended_shards_are_recorded_and_the_run_goes_on(pr
     """Findings 2 and 5: a cut shard, a missing shard and an unlisted tar member do not stop the run; the summary
     and the exit status say that bad samples were recorded."""
     from featup.store import open_feature_store
-    from flows.cli import EXIT_BAD_SAMPLES, main
+    from featup_flows.cli import EXIT_BAD_SAMPLES, main
 
     manifest = _mosaics(str(tmp_path / "shards"), n=8)
     paths = [tmp_path / "shards" / s.name for s in manifest.shards]
@@ -163,7 +163,7 @@ def test_faults_that_will_not_heal_fail_at_once_and_transient_ones_are_retried(p
     """Finding 6: a missing folder is not retried; an S3 endpoint that is down (EndpointConnectionError) is."""
     from prefect import flow
 
-    from tasks.data import ingest_dataset
+    from featup_tasks.data import ingest_dataset
 
     quick = ingest_dataset.with_options(retry_delay_seconds=0)
 
@@ -195,7 +195,7 @@ def test_faults_that_will_not_heal_fail_at_once_and_transient_ones_are_retried(p
 
 def test_failures_print_one_line_and_exit_2_a_full_disk_included(prefect_api, tmp_path, capfd):
     """Findings 6 and 7: a full disk (a 1 MiB tmpfs) fails at once, in one line naming the fix, exit status 2."""
-    from flows.cli import EXIT_FAILED, main
+    from featup_flows.cli import EXIT_FAILED, main
 
     assert main(["ingest", "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "out")]) == EXIT_FAILED
     out, err = capfd.readouterr()
@@ -228,7 +228,7 @@ def test_failures_print_one_line_and_exit_2_a_full_disk_included(prefect_api, tm
 def test_two_hosts_sharing_redis_compute_every_shard_once(prefect_api, tmp_path, redis_url):
     """Finding 9: two runs with their own lock folders (two hosts) and one Redis split the shards."""
     from featup.store import open_feature_store
-    from tasks.locks import host_lock
+    from featup_tasks.locks import host_lock
 
     # many one-image shards: the run whose start lags (a busy API can stall it for seconds) still finds some left
     manifest = _mosaics(str(tmp_path / "shards"), n=32, size=64, per_shard=1)
@@ -247,7 +247,7 @@ def test_two_hosts_sharing_redis_compute_every_shard_once(prefect_api, tmp_path,
             log = open(tmp_path / f"host-{host}.log", "w+")
             logs.append(log)
             runs.append(subprocess.Popen(
-                [sys.executable, "-m", "flows.cli", "precompute-features", "--shards", str(tmp_path / "shards"),
+                [sys.executable, "-m", "featup_flows.cli", "precompute-features", "--shards", str(tmp_path / "shards"),
                  "--store", store_root, "--lock-dir", str(tmp_path / f"locks-{host}"), "--redis-url", redis_url,
                  "--upsampler", "bilinear", "--output-size", "64", "--num-workers", "0", "--batch-size", "1"],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))

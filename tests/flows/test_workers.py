@@ -83,7 +83,7 @@ def test_two_workers_on_one_pool_process_every_shard_exactly_once(prefect_server
                 .raise_for_status().json() for _ in range(2)]
     # meanwhile, the same features by one run of the `featup` CLI into another store: what the two must add up to
     single = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "precompute-features", "--shards", shards,
+        [sys.executable, "-m", "featup_flows.cli", "precompute-features", "--shards", shards,
          "--store", reference, "--lock-dir", str(tmp_path / "locks-reference"),
          *[a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))]],
         env=server.env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -3,7 +3,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.locks import ProcessAwareLockManager, host_lock, lock_key
+from featup_tasks.locks import ProcessAwareLockManager, host_lock, lock_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -16,7 +16,7 @@ def test_lock_keys_are_stable_distinct_and_file_safe():
 
 
 def _hold(lock_dir: Path, seconds: float, marker: Path) -> subprocess.Popen:
-    code = ("import sys, time; from tasks.locks import host_lock\n"
+    code = ("import sys, time; from featup_tasks.locks import host_lock\n"
             f"with host_lock({str(lock_dir)!r}, 'store', 'x'):\n"
             f"    open({str(marker)!r}, 'w').close(); time.sleep({seconds})\n"
             f"    open({str(marker)!r} + '.done', 'w').close()\n")
@@ -66,12 +66,12 @@ import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 
-from tasks.locks import LeasedRedisLockManager, held, lock_manager  # noqa: E402
+from featup_tasks.locks import LeasedRedisLockManager, held, lock_manager  # noqa: E402
 
 
 def _hold_on_host(lock_dir: Path, redis_url: str, marker: Path, seconds: float, lease_s: float = 60) -> subprocess.Popen:
     """Another "host": its own lock folder, the shared Redis."""
-    code = ("import time; from tasks.locks import held, lock_manager, lock_key\n"
+    code = ("import time; from featup_tasks.locks import held, lock_manager, lock_key\n"
             f"with held(lock_manager({str(lock_dir)!r}, {redis_url!r}), lock_key('shard', 'x', 0)):\n"
             f"    open({str(marker)!r}, 'w').close(); time.sleep({seconds})\n"
             f"    open({str(marker)!r} + '.done', 'w').close()\n")

@@ -76,7 +76,7 @@ def test_throttling_and_5xx_are_transient_4xx_are_not():
 def test_io_retry_follows_the_classification():
     from prefect.states import Completed, Failed
 
-    from tasks.storage import io_retry
+    from featup_tasks.storage import io_retry
 
     def failed(exc):
         return Failed(data=exc)
