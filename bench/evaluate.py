@@ -2,13 +2,15 @@
 
 Three tables, like Table 1 of the FeatUp paper, on sets that build offline (featup.data.offline):
 
-- main: low-res, bilinear, resize-conv, JBU; CAM faithfulness on crops of the real photos (stride-32
+- main: low-res, bilinear, the classical joint bilateral filter (untrained), resize-conv, JBU; CAM
+  faithfulness on crops of the real photos (stride-32
   head with its ImageNet classifier), segmentation probes on Fashion-MNIST mosaics and depth probes on
   ray-cast scenes (stride-16 tap), each probe trained on that upsampler's own features (--protocol);
 - transfer: the same probe tasks with ONE probe trained on low-res features and applied to every
   upsampler's features (FeatUp's "drop-in" claim);
-- implicit: every upsampler plus the per-image implicit one, on the first --implicit-images test images
-  of each task (implicit fitting is the slow part), probes as in "transfer".
+- implicit: every upsampler plus the per-image implicit one (its default recipe), on the first
+  --implicit-images test images of each task (implicit fitting is the slow part), probes as in "transfer";
+- implicit-own: the same with each upsampler's own probe, trained on --implicit-train images per task.
 
 JBU and resize-conv come from --jbu-checkpoint / --resize-conv-checkpoint, else the checkpoint featup
 ships, else they are trained here with the multi-view loss (featup.training.train_jbu) on photo crops
@@ -72,11 +74,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--train-size", type=int, default=112, help="image size for that training")
     p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--train-jitters", type=int, default=3)
-    p.add_argument("--implicit-images", type=int, default=2, help="test images per task for the implicit table")
-    p.add_argument("--implicit-steps", type=int, default=40)
-    p.add_argument("--implicit-views", type=int, default=32)
-    p.add_argument("--implicit-views-per-step", type=int, default=4)
-    p.add_argument("--skip", nargs="*", default=[], choices=["transfer", "implicit"], help="tables to leave out")
+    p.add_argument("--implicit-images", type=int, default=8, help="test images per task for the implicit tables")
+    p.add_argument("--implicit-train", type=int, default=8,
+                   help="train images per probe task for the implicit own-probe table (each one is a fit)")
+    p.add_argument("--implicit-recipe", default="featup", help="featup.training.implicit.RECIPES name")
+    p.add_argument("--implicit-steps", type=int, help="override the recipe's fitting steps")
+    p.add_argument("--implicit-views", type=int, help="override the recipe's view pool")
+    p.add_argument("--implicit-views-per-step", type=int, help="override the recipe's views per step")
+    p.add_argument("--skip", nargs="*", default=[], choices=["transfer", "implicit", "implicit-own"],
+                   help="tables to leave out")
     return p.parse_args()
 
 
@@ -129,13 +135,22 @@ def only_for(module: nn.Module) -> Callable[[nn.Module], nn.Module | None]:
 
 
 def implicit(args: argparse.Namespace) -> Callable[[nn.Module], Callable]:
-    """Per-image implicit upsampling: fit to each image (featup.training.fit_implicit), then render."""
+    """Per-image implicit upsampling: fit to each image (featup.training.fit_implicit), then render.
+
+    Fits are kept per (backbone, image), so a test image shared by two tables is fitted once.
+    """
+    overrides = {key: value for key, value in (("steps", args.implicit_steps), ("views", args.implicit_views),
+                                               ("views_per_step", args.implicit_views_per_step)) if value is not None}
+    fits: dict[tuple[str, bytes], nn.Module] = {}
+
     def for_backbone(backbone: nn.Module) -> Callable:
         def fit_and_render(features: torch.Tensor, image01: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-            model = fit_implicit(image01, backbone, steps=args.implicit_steps, views=args.implicit_views,
-                                 views_per_step=args.implicit_views_per_step, seed=args.seed, progress=False)
+            key = (backbone.id, image01.numpy().tobytes())
+            if key not in fits:
+                fits[key] = fit_implicit(image01, backbone, recipe=args.implicit_recipe, seed=args.seed,
+                                         progress=False, **overrides)
             with torch.no_grad():
-                return model(features, image01, size)
+                return fits[key](features, image01, size)
 
         return fit_and_render
 
@@ -159,7 +174,8 @@ def main() -> None:
 
     jbu, jbu_source = learned_upsampler("jbu", args.jbu_checkpoint, dense, unlabelled, args)
     conv, conv_source = learned_upsampler("resize_conv", args.resize_conv_checkpoint, dense, unlabelled, args)
-    upsamplers = {"low-res": None, "bilinear": load_upsampler("bilinear"), "resize-conv": only_for(conv),
+    upsamplers = {"low-res": None, "bilinear": load_upsampler("bilinear"),
+                  "bilateral": create_upsampler("bilateral").eval(), "resize-conv": only_for(conv),
                   "jbu": jbu_for(jbu, given=args.jbu_checkpoint is not None)}
     common = {"image_size": size, "cam_output_size": args.cam_output_size, "seg_steps": args.probe_steps,
               "depth_steps": args.probe_steps, "pixels_per_image": args.pixels_per_image, "seed": args.seed}
@@ -177,11 +193,18 @@ def main() -> None:
     tables = [("main", args.protocol, upsamplers, {**probes, "cam_images": cam_images})]
     if "transfer" not in args.skip:
         tables.append(("transfer", "lowres", upsamplers, probes))
-    if "implicit" not in args.skip and args.implicit_images > 0:
-        k = args.implicit_images
+    if args.implicit_images > 0:
+        k, n = args.implicit_images, args.implicit_train
+        with_implicit = {**upsamplers, "implicit": implicit(args)}
         subset = {**probes, "seg_test": seg_test[:k], "depth_test": depth_test[:k],
                   "cam_images": [s for s in cam_images if s["meta"]["index"] == 0][:k]}
-        tables.append(("implicit", "lowres", {**upsamplers, "implicit": implicit(args)}, subset))
+        if "implicit" not in args.skip:
+            tables.append(("implicit", "lowres", with_implicit, subset))
+        if "implicit-own" not in args.skip and n > 0:
+            # Own probes need implicit features of every training image: each is a fit, so fewer of them.
+            tables.append(("implicit-own", "own", with_implicit,
+                           {"seg_train": seg_train[:n], "seg_test": seg_test[:k], "depth_train": depth_train[:n],
+                            "depth_test": depth_test[:k]}))
 
     for name, protocol, ups, datasets in tables:
         start = time.perf_counter()
