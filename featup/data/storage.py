@@ -1,90 +1,22 @@
-"""fsspec plumbing shared by shards and the feature store: URL → filesystem, atomic writes, webdataset openers.
-
-Every function takes ``storage_options`` (endpoint_url, key, secret, …) and passes it straight to fsspec; the
-options never enter a log line, a repr or an exception message.
-"""
+"""webdataset openers over fsspec; the fsspec helpers themselves (URL → filesystem, atomic writes) are in featup.io."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import uuid
-from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
-StorageOptions = Mapping[str, Any] | None
-
-
-def filesystem(url: str, storage_options: StorageOptions = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem serving ``url`` and the path inside it."""
-    return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-
-
-def is_local(url: str) -> bool:
-    """True for a plain path or a ``file://`` URL."""
-    return fsspec.utils.get_protocol(url) in ("file", "local")
-
-
-def local_path(url: str) -> str:
-    """The filesystem path of a local URL (``file:///x`` → ``/x``)."""
-    return fsspec.core.url_to_fs(url)[1]
-
-
-def join_url(base: str, *parts: str) -> str:
-    """``base/part/…`` without doubled slashes; works for paths and URLs alike."""
-    out = base.rstrip("/")
-    for part in parts:
-        out = f"{out}/{part.strip('/')}"
-    return out
-
-
-def exists(url: str, storage_options: StorageOptions = None) -> bool:
-    """Whether an object or directory exists at ``url``."""
-    fs, path = filesystem(url, storage_options)
-    return fs.exists(path)
-
-
-def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
-    """The whole object at ``url``; FileNotFoundError names the URL."""
-    fs, path = filesystem(url, storage_options)
-    try:
-        return fs.cat_file(path)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"nothing at {url}") from exc
-
-
-@contextlib.contextmanager
-def atomic_write(url: str, storage_options: StorageOptions = None) -> Iterator[IO[bytes]]:
-    """Open ``url`` for writing so that it appears complete or not at all.
-
-    Local files are written beside the target and renamed into place; object stores upload without
-    committing (S3 multipart) and commit only when the block exits cleanly, discarding otherwise — so a
-    crash or an unreachable server never leaves a truncated shard under the final name.
-    """
-    fs, path = filesystem(url, storage_options)
-    if isinstance(fs, LocalFileSystem):
-        fs.makedirs(fs._parent(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.partial"
-        try:
-            with open(tmp, "wb") as f:
-                yield f
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return
-    f = fs.open(path, "wb", autocommit=False)
-    try:
-        yield f
-        f.close()
-        f.commit()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            f.discard()
-        raise
+# The fsspec helpers live in featup.io; imported here so that data modules keep their import paths.
+from featup.io.files import (  # noqa: F401
+    StorageOptions,
+    atomic_write,
+    exists,
+    filesystem,
+    is_local,
+    join_url,
+    local_path,
+    read_bytes,
+)
 
 
 def fsspec_gopen(url: str, mode: str = "rb", bufsize: int = 8192, **storage_options: Any) -> IO[bytes]:

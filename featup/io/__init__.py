@@ -1,5 +1,29 @@
-"""Storage and network I/O concerns shared by the data readers, the feature store and the pipeline's callers."""
+"""Storage I/O shared by every part of featup: fsspec reads and atomic writes, storage roots, fault triage."""
 
 from featup.io.faults import TransientError, describe, is_transient
+from featup.io.files import (
+    StorageOptions,
+    atomic_write,
+    exists,
+    filesystem,
+    is_local,
+    join_url,
+    local_path,
+    read_bytes,
+    write_bytes,
+)
 
-__all__ = ["TransientError", "describe", "is_transient"]
+__all__ = [
+    "StorageOptions",
+    "TransientError",
+    "atomic_write",
+    "describe",
+    "exists",
+    "filesystem",
+    "is_local",
+    "is_transient",
+    "join_url",
+    "local_path",
+    "read_bytes",
+    "write_bytes",
+]

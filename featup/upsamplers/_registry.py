@@ -4,15 +4,13 @@ An entry point is a function named for the upsampler that takes ``dim`` (the fea
 default where the upsampler has weights shaped by it) plus keyword options and returns an
 ``nn.Module`` with ``forward(features, image, output_size=None)``. ``create_upsampler`` records what
 built the module in ``module.upsampler_cfg`` ({"upsampler", "dim", "upsampler_kwargs"}), which
-``featup.checkpoints.save_checkpoint`` stores as metadata, so ``load_upsampler`` can rebuild it.
-
-Entry points living in modules that may be absent (the implicit upsampler) are imported on first use
-of the registry: add their module to ``_PLUGIN_MODULES``.
+``featup.checkpoints.save_checkpoint`` stores as metadata, so ``load_upsampler`` can rebuild it. A
+loaded upsampler also records where its weights came from: ``upsampler_cfg["checkpoint_sha256"]``, the
+sha256 of the checkpoint's weights as read (the shipped default included).
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.resources
 import inspect
 import os
@@ -22,37 +20,29 @@ from typing import Any
 import torch
 from torch import nn
 
+from featup._registry import Registry
 from featup.backbones import MissingWeightsError
-from featup.checkpoints import load_checkpoint
+from featup.checkpoints import checkpoint_hash, read_checkpoint
 
-__all__ = ["create_upsampler", "list_upsamplers", "load_upsampler", "register_upsampler", "shipped_checkpoint"]
+__all__ = ["UPSAMPLERS", "create_upsampler", "list_upsamplers", "load_upsampler", "register_upsampler",
+           "shipped_checkpoint"]
 
-_ENTRY_POINTS: dict[str, Callable[..., nn.Module]] = {}
-# Modules whose import registers more entry points; a missing one is skipped, any other error raised.
-_PLUGIN_MODULES = ("featup.upsamplers.implicit",)
-_plugins_imported = False
+UPSAMPLERS: Registry[Callable[..., nn.Module]] = Registry("upsampler")
 
 
 def register_upsampler(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Register an upsampler entry point under its function name (decorator)."""
-    name = fn.__name__
-    existing = _ENTRY_POINTS.get(name)
-    # The same function registering again (its module imported twice) is fine; another one is a clash.
-    if existing is not None and (existing.__module__, existing.__qualname__) != (fn.__module__, fn.__qualname__):
-        raise ValueError(f"upsampler {name!r} is already registered by {existing.__module__}; pick another name")
-    _ENTRY_POINTS[name] = fn
-    return fn
+    return UPSAMPLERS.register(fn.__name__, fn, f"{fn.__module__}.{fn.__qualname__}")
 
 
 def list_upsamplers() -> list[str]:
     """Names of every registered upsampler, sorted."""
-    _import_plugins()
-    return sorted(_ENTRY_POINTS)
+    return UPSAMPLERS.names()
 
 
 def create_upsampler(name: str, dim: int | None = None, **kwargs: Any) -> nn.Module:
     """Build an untrained upsampler by name; ``dim`` is the feature channels of the backbone it serves."""
-    entry = _entry_point(name)
+    entry = UPSAMPLERS[name]
     if _needs_dim(entry) and dim is None:
         raise ValueError(f"upsampler {name!r} has weights shaped by the features: pass dim=<feature channels>")
     module = entry(dim=dim, **kwargs)
@@ -78,7 +68,7 @@ def load_upsampler(
     ``checkpoint`` is a path, an fsspec URL (reached with ``storage_options``) or a state dict; weights
     load strictly. Other keyword options override those recorded in the checkpoint's metadata.
     """
-    entry = _entry_point(name)
+    entry = UPSAMPLERS[name]
     if checkpoint is None:
         shipped = shipped_checkpoint(name, backbone) if backbone is not None else None
         if shipped is not None and os.path.exists(shipped):
@@ -100,10 +90,10 @@ def load_upsampler(
             )
 
     if isinstance(checkpoint, Mapping):
-        state_dict, metadata = dict(checkpoint), {}
+        state_dict, metadata, sha256 = dict(checkpoint), {}, checkpoint_hash(checkpoint)
         source = "the given state dict"
     else:
-        state_dict, metadata = load_checkpoint(checkpoint, storage_options=storage_options)
+        state_dict, metadata, sha256 = read_checkpoint(checkpoint, storage_options=storage_options)
         source = os.fspath(checkpoint)
     _check_metadata(name, backbone, metadata, source)
     options = {**metadata.get("upsampler_kwargs", {}), **kwargs}
@@ -115,6 +105,7 @@ def load_upsampler(
         raise ValueError(f"{source} does not fit upsampler {name!r} with dim={dim}: {error}") from error
     if metadata.get("backbone") is not None:
         module.upsampler_cfg["backbone"] = metadata["backbone"]
+    module.upsampler_cfg["checkpoint_sha256"] = sha256
     return module.eval()
 
 
@@ -129,28 +120,8 @@ def _check_metadata(name: str, backbone: str | None, metadata: Mapping[str, Any]
         )
 
 
-def _entry_point(name: str) -> Callable[..., nn.Module]:
-    _import_plugins()
-    if name not in _ENTRY_POINTS:
-        raise ValueError(f"unknown upsampler {name!r}; registered: {', '.join(sorted(_ENTRY_POINTS))}")
-    return _ENTRY_POINTS[name]
-
-
 def _needs_dim(entry: Callable[..., nn.Module]) -> bool:
     return inspect.signature(entry).parameters["dim"].default is inspect.Parameter.empty
-
-
-def _import_plugins() -> None:
-    global _plugins_imported
-    if _plugins_imported:
-        return
-    for module_name in _PLUGIN_MODULES:
-        try:
-            importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-    _plugins_imported = True
 
 
 def _shipped_names() -> str:
