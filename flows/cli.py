@@ -2,7 +2,13 @@
 
 ``featup <flow> --param value ...`` runs a flow in this process. With no ``PREFECT_API_URL`` set,
 Prefect starts a temporary local API (SQLite) for the run, so no server is needed. A flow's options
-are built from its signature and docstring, the same metadata the Prefect UI turns into a form.
+are built from its signature and docstring, the same metadata the Prefect UI turns into a form, and
+checked against it (types, choices, limits, the flow module's ``check_arguments``) before any API
+starts: a bad argument costs an import, not a server start, and prints one line naming the flag.
+
+The console is quiet by default: Prefect's own INFO lines (server banners, "Beginning flow run",
+"Finished in state ...") stay in the API's logs and the flows' own lines are printed with a time stamp,
+one per stage or shard; ``--debug`` shows Prefect's full console output and tracebacks.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import types
 import typing
 from collections.abc import Sequence
 
-from featup.cli import build_parser, run_command
+from featup.cli import ArgumentParser, build_parser, run_command
+from featup_flows.params import ParameterError, flag
 
 # subcommand -> (module, flow function); imported only when that subcommand runs, since importing
 # Prefect costs seconds.
@@ -68,27 +75,37 @@ def _unwrap_optional(annotation):
     return annotation
 
 
+def _help(help_text: str, required: bool, default) -> str:
+    """The option's help; the default is added unless the docstring already says it (one default per help)."""
+    if required or "default" in help_text.lower():
+        return help_text
+    shown = " ".join(default) if isinstance(default, (list, tuple)) else default
+    return f"{help_text} (default: {shown})"
+
+
 def _add_parameter(parser: argparse.ArgumentParser, param: inspect.Parameter, annotation, help_text: str) -> None:
-    flag = "--" + param.name.replace("_", "-")
     required = param.default is inspect.Parameter.empty
     default = None if required else param.default
-    kwargs: dict = {"dest": param.name, "help": help_text + ("" if required else f" (default: {default!r})")}
+    kwargs: dict = {"dest": param.name, "help": _help(help_text, required, default)}
     annotation = _unwrap_optional(annotation)
     origin = typing.get_origin(annotation)
     if annotation is bool:
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kwargs)
+        parser.add_argument(flag(param.name), action=argparse.BooleanOptionalAction, default=default, **kwargs)
         return
     if origin is typing.Literal:
         kwargs["choices"] = list(typing.get_args(annotation))
     elif origin in (list, tuple, Sequence) or annotation in (list, tuple):
         item = (typing.get_args(annotation) or (str,))[0]
-        kwargs.update(nargs="+", type=item if item in (int, float, str) else str)
+        if typing.get_origin(item) is typing.Literal:  # the help lists the choices; the usage line stays short
+            kwargs.update(nargs="+", choices=list(typing.get_args(item)), metavar="NAME")
+        else:
+            kwargs.update(nargs="+", type=item if item in (int, float, str) else str)
     elif origin is dict or annotation is dict:
         kwargs["type"] = json.loads
         kwargs["metavar"] = "JSON"
     elif annotation in (int, float, str):
         kwargs["type"] = annotation
-    parser.add_argument(flag, required=required, default=default, **kwargs)
+    parser.add_argument(flag(param.name), required=required, default=default, **kwargs)
 
 
 def flow_parser(command: str, flow) -> argparse.ArgumentParser:
@@ -96,12 +113,30 @@ def flow_parser(command: str, flow) -> argparse.ArgumentParser:
     fn = flow.fn
     doc = inspect.getdoc(fn) or ""
     summary = doc.split("\n\n", 1)[0]
-    parser = argparse.ArgumentParser(prog=f"featup {command}", description=summary)
-    hints = typing.get_type_hints(fn)
+    parser = ArgumentParser(prog=f"featup {command}", description=summary)
+    hints = typing.get_type_hints(fn)  # Annotated[...] stripped: argparse needs the plain type
     helps = _docstring_params(doc)
     for param in inspect.signature(fn).parameters.values():
         _add_parameter(parser, param, hints.get(param.name, str), helps.get(param.name, ""))
     return parser
+
+
+def check_arguments(flow, module, args: dict[str, typing.Any]) -> None:
+    """Raise :class:`ParameterError` for the first argument the flow would reject: its signature's types,
+    choices and limits (the pydantic checks Prefect runs at the start of a run, and the UI form shows),
+    then the flow module's own ``check_arguments`` (names, paths, combinations)."""
+    import pydantic
+
+    hints = typing.get_type_hints(flow.fn, include_extras=True)
+    for name, value in args.items():
+        try:
+            pydantic.TypeAdapter(hints.get(name, typing.Any)).validate_python(value)
+        except pydantic.ValidationError as e:
+            error = e.errors()[0]
+            raise ParameterError(name, f"{error['msg'][0].lower()}{error['msg'][1:]} (got {error['input']!r})") from None
+    own = getattr(module, "check_arguments", None)
+    if own is not None:
+        own(args)
 
 
 # Exit statuses of a flow subcommand beyond 0 (done): 2 the run failed (one line says why and what to do),
@@ -109,25 +144,40 @@ def flow_parser(command: str, flow) -> argparse.ArgumentParser:
 EXIT_FAILED, EXIT_BAD_SAMPLES, EXIT_INTERRUPTED = 2, 3, 130
 
 
-class _WithoutTraceback(logging.Formatter):
-    """A console formatter that leaves tracebacks out (the records keep them for the API's log handler)."""
+class _QuietConsole(logging.Formatter):
+    """A console line: time, the message, and WARNING/ERROR said as such; no traceback (the records keep them
+    for the API's log handler, which the UI shows)."""
 
-    def __init__(self, inner: logging.Formatter | None):
-        super().__init__()
-        self.inner = inner or logging.Formatter()
+    def __init__(self):
+        super().__init__("%(asctime)s %(levelname_prefix)s%(message)s", datefmt="%H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
         saved = record.exc_info, record.exc_text, record.stack_info
         record.exc_info, record.exc_text, record.stack_info = None, None, None
+        record.levelname_prefix = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
         try:
-            return self.inner.format(record)
+            return super().format(record)
         finally:
             record.exc_info, record.exc_text, record.stack_info = saved
 
 
+def _from_featup(record: logging.LogRecord) -> bool:
+    """Keep a console record unless it is one of Prefect's own INFO lines (banners, run and state changes).
+
+    Prefect's engine logs on the same run loggers as the flows, so the record's source file tells them apart;
+    a flow's ``print`` reaches the console through Prefect's ``print_as_log``, which is kept.
+    """
+    if record.levelno >= logging.WARNING:
+        return True
+    import prefect
+
+    source = os.path.abspath(record.pathname)
+    return not source.startswith(str(prefect.__module_path__)) or source.endswith(os.path.join("logging", "loggers.py"))
+
+
 @contextlib.contextmanager
-def _console_without_tracebacks() -> typing.Iterator[None]:
-    """Prefect's console lines without the traceback walls a failing task logs (``--debug`` keeps them)."""
+def _quiet_console() -> typing.Iterator[None]:
+    """The flows' own lines on the console, without Prefect's INFO chatter or tracebacks (``--debug`` keeps them)."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
@@ -135,12 +185,14 @@ def _console_without_tracebacks() -> typing.Iterator[None]:
     handlers = {id(h): h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}
     saved = {key: h.formatter for key, h in handlers.items()}
     for h in handlers.values():
-        h.setFormatter(_WithoutTraceback(h.formatter))
+        h.setFormatter(_QuietConsole())
+        h.addFilter(_from_featup)
     try:
         yield
     finally:
         for key, h in handlers.items():
             h.setFormatter(saved[key])
+            h.removeFilter(_from_featup)
 
 
 def _bad_samples(result: object) -> str:
@@ -157,20 +209,31 @@ def _bad_samples(result: object) -> str:
 
 
 def run_flow(command: str, argv: Sequence[str]) -> int:
-    """Parse ``argv`` for a flow subcommand and run the flow locally.
+    """Parse and check ``argv`` for a flow subcommand, then run the flow locally.
 
-    A failure prints one line (what went wrong and what to do) and exits 2; ``--debug``, or
-    PREFECT_LOGGING_LEVEL=DEBUG, shows the tracebacks too.
+    A bad argument is reported before any Prefect API starts; a failure prints one line (what went wrong
+    and what to do) and exits 2; ``--debug``, or PREFECT_LOGGING_LEVEL=DEBUG, shows tracebacks and
+    Prefect's own console lines too.
     """
     module_name, attribute = FLOWS[command]
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's client-side telemetry (and its first-run notice on a terminal) is decided when prefect is
+    # imported: this setting is the only switch for it.
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     # A loaded 2-core machine can take longer than Prefect's default to start the temporary API.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    flow = getattr(importlib.import_module(module_name), attribute)
+    module = importlib.import_module(module_name)
+    flow = getattr(module, attribute)
     parser = flow_parser(command, flow)
-    parser.add_argument("--debug", action="store_true", help="on failure, show tracebacks (default: one line)")
+    parser.add_argument("--debug", action="store_true", help="on failure, show tracebacks and Prefect's own "
+                                                            "console lines (default: one line)")
     args = vars(parser.parse_args(argv))
     debug = args.pop("debug") or os.environ.get("PREFECT_LOGGING_LEVEL", "").upper() == "DEBUG"
+    try:
+        check_arguments(flow, module, args)
+    except ParameterError as e:
+        print(f"featup {command}: error: {e.for_cli()}", file=sys.stderr)
+        return EXIT_FAILED
     from prefect import tags
 
     from featup.io import describe
@@ -183,7 +246,10 @@ def run_flow(command: str, argv: Sequence[str]) -> int:
     try:
         with contextlib.ExitStack() as stack:
             if not debug:
-                stack.enter_context(_console_without_tracebacks())
+                stack.enter_context(_quiet_console())
+            print(f"featup {command}: starting a local Prefect API" if _needs_local_api() else
+                  f"featup {command}: reporting to {os.environ.get('PREFECT_API_URL') or 'the configured API'}",
+                  file=sys.stderr)
             stack.enter_context(local_api())
             for run_id in crash_stale_runs():
                 print(f"featup {command}: marked flow run {run_id} crashed (its process is gone)", file=sys.stderr)
@@ -192,6 +258,9 @@ def run_flow(command: str, argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         print(f"featup {command}: interrupted; re-running resumes where it stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ParameterError as e:  # a check that needed the run (e.g. a manifest's contents)
+        print(f"featup {command}: error: {e.for_cli()}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as e:
         if debug:
             traceback.print_exc()
@@ -205,6 +274,12 @@ def run_flow(command: str, argv: Sequence[str]) -> int:
         print(f"featup {command}: finished with {bad} (see the summary above)", file=sys.stderr)
         return EXIT_BAD_SAMPLES
     return 0
+
+
+def _needs_local_api() -> bool:
+    from prefect.settings import PREFECT_API_URL
+
+    return not PREFECT_API_URL.value()
 
 
 def build_full_parser() -> argparse.ArgumentParser:

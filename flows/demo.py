@@ -3,35 +3,46 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
+from pydantic import Field
 
-from featup_flows.evaluate import evaluate
+from featup_flows.evaluate import ImageSide, Upsampler, evaluate
 from featup_flows.ingest import ingest
+from featup_flows.params import ParameterError, check_backbone
 from featup_flows.precompute import precompute_features
+
+
+def check_arguments(params: Mapping[str, Any]) -> None:
+    """A known backbone; the upsamplers compared are not repeated."""
+    check_backbone("backbone", params["backbone"])
+    upsamplers = list(params.get("upsamplers") or [])
+    if len(set(upsamplers)) != len(upsamplers):
+        raise ParameterError("upsamplers", f"an upsampler is named twice: {' '.join(upsamplers)}")
 
 
 @flow(name="demo", log_prints=True)
 def demo(
     out: str = "featup-out/demo",
     backbone: str = "efficientnet_lite0",
-    mosaics: int = 32,
-    image_size: int = 224,
-    upsamplers: list[str] = ["lowres", "bilinear", "jbu"],  # noqa: B006 (Prefect renders list defaults)
+    mosaics: Annotated[int, Field(ge=4)] = 32,
+    image_size: ImageSide = 224,
+    upsamplers: Annotated[list[Upsampler], Field(min_length=1)] = ["lowres", "bilinear", "jbu"],  # noqa: B006
 ) -> dict[str, Any]:
     """Build shards from the offline sample photos and a Fashion-MNIST mosaic set, precompute the mosaics' JBU
     features with the shipped checkpoint into a zarr store, evaluate (a segmentation probe on the stored
-    features, CAMs on the photos) and write a report.
+    features, CAMs on the photos) and write a report, published as artifacts on this run.
 
     Args:
         out: Output folder (local path or fsspec URL) for shards, feature store and report.
         backbone: Backbone with a shipped JBU checkpoint.
-        mosaics: Number of Fashion-MNIST mosaics (a quarter are test images).
-        image_size: Image side in pixels.
-        upsamplers: Upsamplers compared in the report.
+        mosaics: Number of Fashion-MNIST mosaics, at least 4 (a quarter are test images).
+        image_size: Image side in pixels, a multiple of 32 (the CAM head's stride).
+        upsamplers: What the report compares: lowres (the backbone's own features) and upsamplers.
     """
-    logger = get_run_logger()
+    check_arguments(locals())
     out = out.rstrip("/")
     photos = ingest("-", f"{out}/shards/photos", layout="photos", options={"size": image_size}, overwrite=True)
     seg = ingest("-", f"{out}/shards/mosaics", layout="fashion_mosaics",
@@ -40,13 +51,13 @@ def demo(
                                 upsampler="jbu", output_size=image_size, batch_size=4)
     # The JBU row scores the stored features (the CAM head, which the store does not hold, is upsampled live).
     stores = {"jbu": store["store"]} if "jbu" in upsamplers else None
-    result = evaluate(report=f"{out}/report", backbone=backbone, upsamplers=upsamplers,
-                      seg_shards=f"{out}/shards/mosaics", cam_shards=f"{out}/shards/photos", stores=stores,
-                      image_size=image_size, title="featup demo: efficientnet_lite0 on offline data")
+    # evaluate's body runs in this flow run (not as a subflow), so the report's artifacts are on the demo run.
+    result = evaluate.fn(report=f"{out}/report", backbone=backbone, upsamplers=upsamplers,
+                         seg_shards=f"{out}/shards/mosaics", cam_shards=f"{out}/shards/photos", stores=stores,
+                         image_size=image_size, title=f"featup demo: {backbone} on offline data")
     page = result["report"]
     shown = page if "://" in page else os.path.abspath(page)
     print(f"\nfeatup demo done.\n  shards:   {photos['manifest']}, {seg['manifest']}\n"
           f"  features: {store['store']} ({store['written']} written, {store['skipped']} shards skipped)\n"
           f"  report:   {shown}\n")
-    logger.info("report at %s", shown)
     return {"report": shown, "store": store["store"], "rows": result["rows"]}

@@ -2,13 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from prefect import flow
+from pydantic import Field
 
+from featup.data.layouts._tree import IMAGE_SUFFIXES
+from featup_flows.params import ParameterError, check_local_input
 from featup_tasks.data import ingest_dataset
 
 Layout = Literal["folder", "cocostuff", "ade20k", "fashion_mosaics", "depth_scenes", "photos", "pool"]
+# Layouts built from installed packages: their source is "-".
+OFFLINE = ("fashion_mosaics", "depth_scenes", "photos", "pool")
+
+
+def _has_image(root: str) -> bool:
+    """Whether a local folder holds at least one image file (stops at the first: a dataset can be large)."""
+    for _, _, files in os.walk(root):
+        if any(f.lower().endswith(IMAGE_SUFFIXES) for f in files):
+            return True
+    return False
+
+
+def check_arguments(params: Mapping[str, Any]) -> None:
+    """The source fits the layout: "-" for the offline sets, an existing folder with images for the others."""
+    source, layout = params["source"], params["layout"]
+    if layout == "fashion_mosaics":  # "-" (Debian's package) or a folder holding the Fashion-MNIST IDX files
+        check_local_input("source", source)
+        return
+    if layout in OFFLINE:
+        if source != "-":
+            raise ParameterError("source", f"the {layout} layout is built from installed packages: pass `source` -")
+        return
+    if source == "-":
+        raise ParameterError("source", f"the {layout} layout reads a dataset folder: give its path or URL "
+                                       f"(\"-\" is for {', '.join(OFFLINE)})")
+    check_local_input("source", source)
+    if "://" not in source:
+        if not os.path.isdir(source):
+            raise ParameterError("source", f"{source} is a file, not a dataset folder")
+        if not _has_image(source):
+            raise ParameterError("source", f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {source}: "
+                                           "check the path (and `layout`)")
 
 
 @flow(name="ingest", log_prints=True)
@@ -17,8 +54,8 @@ def ingest(
     output: str,
     layout: Layout = "folder",
     name: str | None = None,
-    shard_samples: int = 1000,
-    shard_mb: int = 256,
+    shard_samples: Annotated[int, Field(ge=1)] = 1000,
+    shard_mb: Annotated[int, Field(ge=1)] = 256,
     options: dict[str, Any] | None = None,
     overwrite: bool = False,
     storage_secret: str | None = None,
@@ -29,7 +66,8 @@ def ingest(
     logs; the rest of the dataset is written.
 
     Args:
-        source: Dataset root (local path or s3://); "-" for the offline sets (fashion_mosaics, depth_scenes, photos).
+        source: Dataset root (local path or s3://); "-" for the offline sets (fashion_mosaics, depth_scenes,
+            photos, pool).
         output: Folder (local path or s3://) for the shards and manifest.json.
         layout: How the source is organised.
         name: Dataset name recorded in the manifest (default: derived from the output folder).
@@ -40,5 +78,6 @@ def ingest(
         overwrite: Replace an existing dataset at output.
         storage_secret: Name of a Prefect Secret block holding fsspec storage options as JSON.
     """
+    check_arguments(locals())
     return ingest_dataset(layout, source, output, name=name, max_count=shard_samples, max_mb=shard_mb,
                           overwrite=overwrite, storage_secret=storage_secret, options=dict(options or {}))

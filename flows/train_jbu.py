@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from prefect import flow
+from pydantic import Field
 
+from featup_flows.params import check_backbone, check_local_input
 from featup_tasks.data import read_samples
 from featup_tasks.training import train_jbu_task
+
+Count = Annotated[int, Field(ge=1)]
+
+
+def check_arguments(params: Mapping[str, Any]) -> None:
+    """A known backbone; local training shards and weights that exist."""
+    check_backbone("backbone", params["backbone"])
+    check_local_input("shards", params["shards"])
+    check_local_input("weights", params.get("weights"))
 
 
 @flow(name="train-jbu", log_prints=True)
@@ -16,22 +28,22 @@ def train_jbu(
     checkpoint: str,
     backbone: str = "efficientnet_lite0",
     tap: str | None = None,
-    steps: int = 2000,
-    checkpoint_every: int = 100,
-    image_size: int = 224,
-    batch_size: int = 4,
-    num_jitters: int = 5,
-    lr: float = 1e-3,
+    steps: Count = 2000,
+    checkpoint_every: Count = 100,
+    image_size: Annotated[int, Field(ge=32)] = 224,
+    batch_size: Count = 4,
+    num_jitters: Count = 5,
+    lr: Annotated[float, Field(gt=0)] = 1e-3,
     lr_decay: bool = False,
-    head_lr: float | None = None,
+    head_lr: Annotated[float, Field(gt=0)] | None = None,
     range_kernel: Literal["distance", "dot"] = "distance",
     init: Literal["bilateral", "random"] = "bilateral",
-    crf_weight: float = 0.0,
-    max_images: int | None = None,
+    crf_weight: Annotated[float, Field(ge=0)] = 0.0,
+    max_images: Count | None = None,
     seed: int = 0,
     weights: str | None = None,
     random_weights: bool = False,
-    device: str = "auto",
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto",
     storage_secret: str | None = None,
 ) -> dict[str, Any]:
     """Train a JBU stack with FeatUp's multi-view loss; checkpoints go to any fsspec URL.
@@ -60,9 +72,10 @@ def train_jbu(
         seed: Seed of every random draw.
         weights: Backbone weights path or URL.
         random_weights: Use random backbone weights (smoke runs only).
-        device: auto, cpu or cuda.
+        device: auto, cpu, cuda or cuda:N.
         storage_secret: Name of a Prefect Secret block holding fsspec storage options as JSON.
     """
+    check_arguments(locals())
     samples = read_samples(shards, size=image_size, limit=max_images, storage_secret=storage_secret)
     images = [s["image"] for s in samples]
     if not images:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import sys
 from typing import Any
 
+import fsspec
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from featup.backbones import MissingWeightsError
-from featup.eval import CompareSettings, StoredFeatures, compare_upsamplers, markdown_table, write_report
+from featup.eval import CompareSettings, StoredFeatures, compare_upsamplers, write_report
+from featup.eval.report import report_markdown, table_records
 from featup.pipeline import ImplicitPerImage
 from featup.store import open_feature_store
 from featup.upsamplers import list_upsamplers, load_upsampler
@@ -40,8 +44,8 @@ def upsampler_specs(names: list[str], checkpoints: dict[str, str], implicit_opti
             # Backbones the store was not made for (e.g. the CAM head) are upsampled on the fly.
             fallback = trained(name) if name in list_upsamplers() else None
             specs[name] = StoredFeatures(open_feature_store(stores[name], storage_options=storage), otherwise=fallback)
-        elif name in ("lowres", "low-res"):
-            specs["low-res"] = None
+        elif name == "lowres":
+            specs["lowres"] = None
         elif name == "implicit":
             specs["implicit"] = lambda backbone: ImplicitPerImage(backbone, **implicit_options)
         else:
@@ -66,31 +70,74 @@ def score_upsamplers(backbone: str, upsamplers: list[str], *, seg_train: list | 
                               seg_train=seg_train, seg_test=seg_test, num_classes=num_classes,
                               class_names=class_names, depth_train=depth_train, depth_test=depth_test,
                               cam_images=cam_images, cam_backbone=cam_bb, settings=CompareSettings(**settings),
-                              progress=False)
+                              progress=sys.stderr.isatty())  # bars in a terminal, not in a worker's log
 
 
 @task(name="render-report", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=io_retry,
       persist_result=False)
-def render_report(comparison, url: str, *, title: str, notes: str, storage_secret: str | None) -> list[str]:
+def render_report(comparison, url: str, *, title: str, notes: str, backbone: str,
+                  storage_secret: str | None) -> list[str]:
     """Write the report (markdown, HTML, PNG figures) to ``url``; returns what was written, page first."""
-    written = write_report(comparison, url, title=title, notes=notes, storage_options=storage_options(storage_secret))
+    written = write_report(comparison, url, title=title, notes=notes, backbone=backbone,
+                           storage_options=storage_options(storage_secret))
     get_run_logger().info("report written to %s", written[0])
     return written
 
 
-def _link(url: str) -> str:
-    return url if "://" in url else "file://" + os.path.abspath(url)
+# How long a presigned link to a report on object storage works (S3's longest for signature v4).
+LINK_SECONDS = 7 * 24 * 3600
 
 
-@task(name="publish-report", persist_result=False)
-def publish_report(comparison, written: list[str], *, key: str, title: str) -> None:
-    """Publish the report as Prefect artifacts: markdown (table + figures), a table, and links."""
-    pictures = [u for u in written if u.endswith(".png")]
-    page = next((u for u in written if u.endswith(".html")), written[0])
-    markdown = "\n".join(
-        [f"# {title}", "", markdown_table(comparison.rows), "", f"Full report: [{page}]({_link(page)})", ""]
-        + [f"- [{os.path.basename(u)}]({_link(u)})" for u in pictures]
-    )
-    create_markdown_artifact(key=f"{key}-report", markdown=markdown, description=title)
-    create_table_artifact(key=f"{key}-table", table=[dict(r) for r in comparison.rows], description=title)
-    create_link_artifact(key=f"{key}-html", link=_link(page), link_text="report (HTML)", description=title)
+def browser_url(url: str, storage: dict[str, Any]) -> str | None:
+    """Where any browser can open ``url``: itself for http(s), a presigned link on object storage, None on a
+    local disk (a ``file://`` path names a file on the machine that ran the flow, nobody else's)."""
+    if url.startswith(("http://", "https://")):
+        return url
+    if "://" not in url or url.startswith("file://"):
+        return None
+    fs, path = fsspec.core.url_to_fs(url, **storage)
+    try:
+        return fs.sign(path, expiration=LINK_SECONDS)
+    except NotImplementedError:  # a filesystem without signed links (memory://, ...)
+        return None
+
+
+def _inline_png(url: str, storage: dict[str, Any]) -> str:
+    """A figure as a data: URL, which the Prefect UI shows inside a markdown artifact wherever it is opened."""
+    with fsspec.open(url, "rb", **storage) as f:
+        return "data:image/png;base64," + base64.b64encode(f.read()).decode()
+
+
+@task(name="publish-report", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=io_retry,
+      persist_result=False)
+def publish_report(comparison, written: list[str], *, key: str, title: str, notes: str, backbone: str,
+                   storage_secret: str | None) -> dict[str, Any]:
+    """Publish the report on this flow run as artifacts readable from the Prefect UI on any machine.
+
+    ``{key}-report``: the whole report (table, winners, definitions, trust, settings) with its figures inline;
+    ``{key}-table``: the table, on the report's scale; ``{key}-html``: a link to the HTML page where a browser
+    can reach it (object storage: a presigned link), else a note saying where the folder is.
+    """
+    storage = storage_options(storage_secret)
+    page = written[0]
+    figures = {os.path.basename(u): _inline_png(u, storage) for u in written if u.endswith(".png")}
+    link = browser_url(page, storage)
+    folder = page.rsplit("/", 1)[0]
+    if link:
+        where = f"Full report (HTML, figures included; the link works for {LINK_SECONDS // 86400} days): [{page}]({link})"
+    else:
+        where = (f"Full report: `{page}` (with `report.md` and the PNG figures beside it) on the machine that ran "
+                 f"this flow; write the report to object storage (an s3:// `report` folder) for a link that "
+                 f"opens anywhere.")
+    markdown = report_markdown(comparison, title=title, notes=notes, backbone=backbone, figure_urls=figures)
+    markdown = markdown.replace("\n", f"\n\n{where}\n", 1)  # under the title
+    create_markdown_artifact(key=f"{key}-report", markdown=markdown, description=f"{title}: the report")
+    counts, protocol = comparison.counts, comparison.settings.probe_protocol
+    create_table_artifact(key=f"{key}-table", table=table_records(comparison.rows, counts, protocol),
+                          description=f"{title}: metrics (percent except RMSE and seconds)")
+    if link:
+        create_link_artifact(key=f"{key}-html", link=link, link_text=f"{title} (HTML report)",
+                             description=f"the report's page in {folder}")
+    get_run_logger().info("report published as artifacts %s-report, %s-table%s", key, key,
+                          f", {key}-html" if link else "")
+    return {"page": page, "link": link}

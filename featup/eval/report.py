@@ -8,6 +8,7 @@ mIoU, accuracy and δ<1.25 in percent, RMSE in the depth maps' units, time in se
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 import math
@@ -525,11 +526,13 @@ def _plain(markdown: str) -> str:
 
 def report_markdown(comparison: Comparison, *, title: str = "FeatUp evaluation", notes: str = "",
                     backbone: str | None = None, figure_base: str = "",
+                    figure_urls: Mapping[str, str] | None = None,
                     cam_class_names: Sequence[str] | None = None) -> str:
     """The report as markdown: table, best per column, what the numbers mean, settings, then the figures.
 
     Figures are linked as ``figure_base + name`` (e.g. the report folder's URL and a slash, so the
-    markdown can be published away from its pictures, as a Prefect artifact).
+    markdown can be published away from its pictures), or as ``figure_urls[name]`` where given (e.g.
+    ``data:`` URLs, which put the pictures inside a Prefect markdown artifact).
     """
     counts, protocol = comparison.counts, comparison.settings.probe_protocol
     lines = [f"# {_title(title, backbone)}", ""] + ([notes, ""] if notes else [])
@@ -544,7 +547,8 @@ def report_markdown(comparison: Comparison, *, title: str = "FeatUp evaluation",
     lines += ["## Settings", ""] + [f"- {s}" for s in _settings_sentences(comparison, backbone)] + [""]
     for name, heading in report_figures(comparison):
         note = _figure_note(name, comparison, cam_class_names)
-        lines += [f"## {heading}", "", note, "", f"![{heading}]({figure_base}{name})", ""]
+        url = (figure_urls or {}).get(name, figure_base + name)
+        lines += [f"## {heading}", "", note, "", f"![{heading}]({url})", ""]
     return "\n".join(lines)
 
 
@@ -576,7 +580,9 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:1.5em auto;
 
 
 def _report_html(comparison: Comparison, *, title: str, notes: str, backbone: str | None,
-                 cam_class_names: Sequence[str] | None) -> str:
+                 cam_class_names: Sequence[str] | None, figures: Mapping[str, bytes]) -> str:
+    """The page, its figures inside it as data: URLs: one file that shows whole wherever it is opened or
+    published (a presigned object-storage link reaches one object, not its neighbours)."""
     counts = comparison.counts
     full_title = html.escape(_title(title, backbone))
     summary, winners = _summary(comparison.rows), winner_sentences(comparison.rows, counts)
@@ -602,7 +608,8 @@ def _report_html(comparison: Comparison, *, title: str, notes: str, backbone: st
     parts.append("<h2>Settings</h2>" + items(_settings_sentences(comparison, backbone)))
     for name, heading in report_figures(comparison):
         note = html.escape(_figure_note(name, comparison, cam_class_names))
-        parts.append(f"<h2>{html.escape(heading)}</h2><figure><img src='{name}' alt='{html.escape(heading)}'>"
+        src = "data:image/png;base64," + base64.b64encode(figures[name]).decode()
+        parts.append(f"<h2>{html.escape(heading)}</h2><figure><img src='{src}' alt='{html.escape(heading)}'>"
                      f"<figcaption>{note}</figcaption></figure>")
     parts.append("</body></html>")
     return "".join(parts)
@@ -618,7 +625,8 @@ def write_report(
     backbone: str | None = None,
     cam_class_names: Sequence[str] | None = None,
 ) -> list[str]:
-    """Write ``report.md``, ``index.html`` and PNG figures into the folder ``url`` (local path or fsspec URL).
+    """Write ``index.html`` (figures inside it), ``report.md`` and the PNG figures into the folder ``url``
+    (local path or fsspec URL).
 
     Figures: a bar chart of the table, PCA images of each upsampler's features (one basis fitted jointly),
     probe predictions against labels and depth, and CAM overlays — each where that task was run.
@@ -628,14 +636,13 @@ def write_report(
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
     fs.makedirs(root, exist_ok=True)
     base = url.rstrip("/")
-    page = _report_html(comparison, title=title, notes=notes, backbone=backbone, cam_class_names=cam_class_names)
+    figures = {name: _draw(name, comparison, cam_class_names) for name, _ in report_figures(comparison)}
+    page = _report_html(comparison, title=title, notes=notes, backbone=backbone, cam_class_names=cam_class_names,
+                        figures=figures)
     markdown = report_markdown(comparison, title=title, notes=notes, backbone=backbone,
                                cam_class_names=cam_class_names)
     written = []
-    for name, data in [("index.html", page.encode()), ("report.md", markdown.encode())]:
+    for name, data in [("index.html", page.encode()), ("report.md", markdown.encode()), *figures.items()]:
         fs.pipe_file(f"{root}/{name}", data)
-        written.append(f"{base}/{name}")
-    for name, _ in report_figures(comparison):
-        fs.pipe_file(f"{root}/{name}", _draw(name, comparison, cam_class_names))
         written.append(f"{base}/{name}")
     return written

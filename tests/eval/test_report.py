@@ -1,6 +1,8 @@
 """write_report: markdown, an HTML page and decodable PNG figures, on local disk and on S3."""
 
+import base64
 import io
+import re
 
 import fsspec
 import numpy as np
@@ -86,7 +88,9 @@ def test_report_with_pictures_renders(storage_root, comparison):
         png.load()
         assert png.format == "PNG" and png.width > 200 and png.height > 100
     page = read("index.html").decode()
-    assert all(f"src='{name}'" in page for name in names[2:])
+    # the page carries its figures (the same PNG bytes), so it shows whole from any one URL it is published at
+    inline = [base64.b64decode(src) for src in re.findall(r"src='data:image/png;base64,([^']+)'", page)]
+    assert inline == [read(name) for name in names[2:]]
     assert "<td class='best'>43.41</td>" in page and "Test report" in page
     markdown = read("report.md").decode()
     assert all(f"]({name})" in markdown for name in names[2:])
@@ -206,3 +210,7 @@ def test_markdown_can_link_figures_where_they_were_published(comparison):
     markdown = report_markdown(comparison, figure_base="https://bucket.example/report/")
     assert "![Metrics](https://bucket.example/report/metrics.png)" in markdown
     assert "![Class activation maps](https://bucket.example/report/cam.png)" in markdown
+    inline = report_markdown(comparison, figure_base="https://bucket.example/report/",
+                             figure_urls={"cam.png": "data:image/png;base64,AAAA"})
+    assert "![Class activation maps](data:image/png;base64,AAAA)" in inline
+    assert "![Metrics](https://bucket.example/report/metrics.png)" in inline

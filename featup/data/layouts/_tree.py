@@ -26,13 +26,17 @@ class SourceTree:
             raise FileNotFoundError(f"dataset folder {root} does not exist (or is not a folder): check the path")
 
     def find(self, sub: str = "", suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[str]:
-        """Relative paths of the files under ``sub`` whose suffix is in ``suffixes``, sorted."""
+        """Relative paths of the files under ``sub`` whose suffix is in ``suffixes``, sorted; none is an error."""
         base = posixpath.join(self.root, sub) if sub else self.root
         if not self.fs.isdir(base):
             raise FileNotFoundError(f"{posixpath.join(self.url, sub)} does not exist: is this the right layout/split?")
         found = self.fs.find(base)
         rels = (posixpath.relpath(p, self.root) for p in found)
-        return sorted(r for r in rels if r.lower().endswith(suffixes))
+        files = sorted(r for r in rels if r.lower().endswith(suffixes))
+        if not files:  # an empty dataset is a wrong path or layout, never something to write as shards
+            raise FileNotFoundError(f"no {'/'.join(s.lstrip('.') for s in suffixes)} files under "
+                                    f"{posixpath.join(self.url, sub) if sub else self.url}: is this the right folder/layout/split?")
+        return files
 
     def exists(self, rel: str) -> bool:
         """Whether ``rel`` exists."""

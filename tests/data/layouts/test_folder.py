@@ -61,6 +61,14 @@ def test_missing_folder_is_a_clear_error(tmp_path):
         ingest("folder", str(tmp_path / "nope"), str(tmp_path / "out"), progress=False)
 
 
+def test_a_folder_without_images_is_an_error_not_an_empty_dataset(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match="no jpg/jpeg/png.* files under .*empty: is this the right folder"):
+        ingest("folder", str(tmp_path / "empty"), str(tmp_path / "out"), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_every_file_name_gets_its_own_reversible_key_and_unreadable_files_are_recorded(tmp_path, image_zoo):
     root = tmp_path / "odd"
     root.mkdir()
