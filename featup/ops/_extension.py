@@ -19,9 +19,9 @@ import contextlib
 import hashlib
 import importlib
 import importlib.util
-import logging
 import os
 import sys
+import time
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 
-_LOG = logging.getLogger(__name__)
 _BUILD_CONFIG = Path(__file__).resolve().parents[2] / "kernels" / "build_config.py"
 _AOT_MODULE = "featup_kernels"
 _REASON_CHARS = 2000  # a failed build's log can be long; its end says what went wrong
@@ -138,7 +137,11 @@ def _jit_build(with_cuda: bool) -> str:
     tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}_{env_id}"
     build_dir = Path(root) / f"{config.NAME}_{tag}_{'cuda' if with_cuda else 'cpu'}"
     build_dir.mkdir(parents=True, exist_ok=True)
-    _LOG.info("building the featup kernels in %s (once; later runs reuse the build)", build_dir)
+    built = (build_dir / f"{config.NAME}.so").is_file()
+    if not built:  # the first use otherwise sits silent for a minute inside whatever called it
+        print(f"featup: compiling featup kernels, once, ~1 min (into {build_dir}; later runs reuse them)",
+              file=sys.stderr, flush=True)
+    started = time.monotonic()
     with _environment_tools_on_path():
         cpp_extension.load(
             name=config.NAME,
@@ -150,6 +153,8 @@ def _jit_build(with_cuda: bool) -> str:
             with_cuda=with_cuda,
             is_python_module=False,
         )
+    if not built:
+        print(f"featup: kernels compiled in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return str(build_dir)
 
 

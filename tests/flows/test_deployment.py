@@ -15,7 +15,6 @@ import re
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 import yaml
@@ -136,8 +135,12 @@ def test_prefect_yaml_deploys_every_flow_of_the_cli_with_parameters_it_accepts()
     deployed = {d["entrypoint"] for d in config["deployments"]}
     # featup_flows is the installed name of the flows/ folder, which entrypoints name by path.
     assert deployed == {f"flows/{module.split('.')[-1]}.py:{name}" for module, name in FLOWS.values()}
-    names = [(_flow(d["entrypoint"]).name, d["name"]) for d in config["deployments"]]
-    assert len(set(names)) == len(names), "two deployments with the same flow/name"
+    names = [d["name"] for d in config["deployments"]]
+    # unique on their own, so `prefect deploy -n NAME` picks one; named by purpose, ending in their pool
+    assert len(set(names)) == len(names), f"two deployments named alike: {names}"
+    for deployment in config["deployments"]:
+        pool = deployment["work_pool"]["name"]
+        assert deployment["name"].endswith(f"-{pool}") or deployment.get("schedules"), deployment["name"]
     for deployment in config["deployments"]:
         flow = _flow(deployment["entrypoint"])
         params = dict(deployment.get("parameters") or {})
@@ -149,6 +152,22 @@ def test_prefect_yaml_deploys_every_flow_of_the_cli_with_parameters_it_accepts()
             # a scheduled run has no form to fill in: every required parameter must be there
             assert set(required) <= set(params), f"{deployment['name']}: missing {set(required) - set(params)}"
         flow.validate_parameters({**required, **params})  # types and Literal choices
+
+
+def test_run_forms_offer_choices_and_limits():
+    """What the UI's form shows for evaluate: upsamplers as a choice, image_size a multiple of 32 (the CAM head's
+    stride), and the on-demand CPU deployment runs with no S3 at all."""
+    from featup.upsamplers import list_upsamplers
+    from featup_flows.evaluate import evaluate
+
+    form = evaluate.parameters.model_dump()["properties"]
+    choices = form["upsamplers"]["items"]["enum"]  # in step with the registry: a new upsampler is a new choice
+    assert choices[0] == "lowres" and sorted(choices[1:]) == list_upsamplers()
+    assert form["upsamplers"]["minItems"] == 1
+    assert (form["image_size"]["multipleOf"], form["image_size"]["minimum"]) == (32, 32)
+    assert form["probe_protocol"]["enum"] == ["own", "lowres", "full"]
+    local = next(d for d in _prefect_yaml()["deployments"] if d["name"] == "report-cpu")
+    assert local["work_pool"]["name"] == "cpu" and "s3://" not in json.dumps(local["parameters"])
 
 
 def test_prefect_yaml_schedules_are_inactive_and_secrets_never_inline():
@@ -231,7 +250,7 @@ def test_evaluate_deployment_runs_on_a_worker_when_triggered_from_the_ui(prefect
         # resolved on each worker host at run time, not frozen to the deployer's path
         assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == \
             "{{ $FEATUP_CHECKOUT }}", name
-    nightly = deployments["evaluate/nightly"]
+    nightly = deployments["evaluate/nightly-s3"]
     assert [(s["schedule"]["cron"], s["active"]) for s in nightly["schedules"]] == [("0 2 * * *", False)]
     with server.client() as api:
         scheduled = api.post("/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [nightly["id"]]}}})
@@ -245,7 +264,7 @@ def test_evaluate_deployment_runs_on_a_worker_when_triggered_from_the_ui(prefect
                   "cam_output_size": 32, "max_images": 8, "probe_steps": 20, "title": title}
     started = time.monotonic()
     with server.client() as api:  # what the UI's "Run > Custom run" form posts
-        response = api.post(f"/deployments/{deployments['evaluate/gpu']['id']}/create_flow_run",
+        response = api.post(f"/deployments/{deployments['evaluate/report-gpu']['id']}/create_flow_run",
                             json={"parameters": parameters, "state": {"type": "SCHEDULED"}})
     run = response.raise_for_status().json()
     # the run gets the deployment's defaults under the form's values
@@ -255,15 +274,18 @@ def test_evaluate_deployment_runs_on_a_worker_when_triggered_from_the_ui(prefect
     logs = server.logs_of(run["id"])
     assert run["state_type"] == "COMPLETED", f"{run['state_name']}: {run['state']['message']}\n{logs}\n" \
                                              + server.debug_output()
-    print(f"evaluate/gpu: completed in {time.monotonic() - started:.0f} s after it was triggered")
+    print(f"evaluate/report-gpu: completed in {time.monotonic() - started:.0f} s after it was triggered")
 
     artifacts = _artifacts(server, run["id"])
-    markdown, table, link = (artifacts[f"featup-evaluation-{k}"] for k in ("report", "table", "html"))
-    assert (markdown["type"], table["type"]) == ("markdown", "table")  # a link artifact is stored as markdown
-    assert markdown["data"].startswith(f"# {title}")
+    markdown, table = (artifacts[f"featup-evaluation-{k}"] for k in ("report", "table"))
+    assert (markdown["type"], table["type"]) == ("markdown", "table")
+    assert markdown["data"].startswith(f"# {title} — efficientnet_lite0")
+    # A report on the worker's disk: its pictures travel inside the artifact, and the artifact says where the
+    # folder is instead of linking a file:// path that no other machine can open.
+    assert markdown["data"].count("](data:image/png;base64,") >= 3 and "file://" not in markdown["data"]
+    assert f"`{report}/index.html`" in markdown["data"] and "featup-evaluation-html" not in artifacts
     rows = json.loads(table["data"])
-    assert [r["upsampler"] for r in rows] == ["low-res", "bilinear"], rows
-    assert all("seg_miou" in r and "cam_ad" in r for r in rows), rows  # both tasks ran on the worker
-    page = re.search(r"\((file://[^)]+)\)", link["data"]).group(1)
-    assert Path(urlparse(page).path).is_file() and Path(urlparse(page).path).is_relative_to(report)
+    assert [r["upsampler"] for r in rows] == ["lowres", "bilinear"], rows
+    assert all("mIoU % ↑" in r and "A.D. % ↓" in r for r in rows), rows  # both tasks ran on the worker
+    assert (report / "index.html").is_file()
     assert "set_working_directory" in logs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,73 +48,111 @@ def _artifacts(flow_run_id) -> dict[str, object]:
     return {a.key: a for a in found if a.key}
 
 
-def test_ingest_precompute_evaluate_train_on_s3(prefect_api, s3_secret, s3_server, tmp_path):
-    from featup_flows.evaluate import evaluate
-    from featup_flows.ingest import ingest
-    from featup_flows.precompute import precompute_features
-    from featup_flows.train_jbu import train_jbu
-    from featup.store import open_feature_store
+@pytest.fixture(scope="module")
+def s3_data(s3_secret, s3_server) -> dict[str, str]:
+    """A bucket holding 8 mosaics (3 shards) and the photos at 64 px, written by the library (not the ingest flow,
+    so that a broken flow fails its own test only)."""
+    from featup.data import ingest
 
     bucket = s3_server.new_bucket()
     storage = s3_server.storage_options()
+    ingest("fashion_mosaics", "-", f"{bucket}/mosaics", n=8, size=64, max_count=3, storage_options=storage,
+           progress=False)
+    photos = ingest("photos", "-", f"{bucket}/photos", size=64, crops_per_photo=1, storage_options=storage,
+                    progress=False)
+    return {"bucket": bucket, "mosaics": f"{bucket}/mosaics", "photos": f"{bucket}/photos",
+            "photo_count": str(photos.num_samples)}
+
+
+@pytest.fixture(scope="module")
+def bilinear_store(s3_data, s3_secret, tmp_path_factory) -> str:
+    """A feature store of the mosaics' bilinear features, written by the precompute flow."""
+    from featup_flows.precompute import precompute_features
+
+    summary = precompute_features(shards=s3_data["mosaics"], store=f"{s3_data['bucket']}/features",
+                                  upsampler="bilinear", output_size=64, num_workers=0, concurrency=2,
+                                  lock_dir=str(tmp_path_factory.mktemp("locks")), storage_secret=s3_secret)
+    return summary["store"]
+
+
+def test_ingest_flow_writes_shards_on_s3(s3_secret, s3_server):
+    from featup_flows.ingest import ingest
+
+    bucket = s3_server.new_bucket()
     seg = ingest("-", f"{bucket}/shards/mosaics", layout="fashion_mosaics", options={"n": 8, "size": 64},
                  shard_samples=3, storage_secret=s3_secret)
     assert seg["samples"] == 8 and seg["shards"] == 3 and seg["bad"] == []
 
-    summary = precompute_features(shards=f"{bucket}/shards/mosaics", store=f"{bucket}/features",
-                                  upsampler="bilinear", output_size=64, num_workers=0, concurrency=2,
-                                  lock_dir=str(tmp_path / "locks"), storage_secret=s3_secret)
+
+def test_precompute_flow_fills_a_store_on_s3_and_a_rerun_skips_it(s3_data, s3_secret, s3_server, tmp_path):
+    from featup.store import open_feature_store
+    from featup_flows.precompute import precompute_features
+
+    options = dict(shards=s3_data["mosaics"], store=f"{s3_data['bucket']}/fresh", upsampler="bilinear",
+                   output_size=64, num_workers=0, lock_dir=str(tmp_path / "locks"), storage_secret=s3_secret)
+    summary = precompute_features(concurrency=2, **options)
     assert summary["processed"] == 3 and summary["written"] == 8 and summary["bad"] == 0
-    store = open_feature_store(summary["store"], storage_options=storage)
-    ds = store.to_xarray()
+    ds = open_feature_store(summary["store"], storage_options=s3_server.storage_options()).to_xarray()
     assert ds.features.shape == (8, 112, 64, 64) and ds.lowres.shape == (8, 112, 4, 4)
     assert np.isfinite(ds.features.values).all() and ds.attrs["backbone"] == "efficientnet_lite0"
     # The low-res features are the backbone's, the high-res their bilinear upsampling.
     up = ds.features.values.astype(np.float32)
     assert abs(up.mean() - ds.lowres.values.astype(np.float32).mean()) < 0.05 * np.abs(up).mean() + 1e-3
-
-    again = precompute_features(shards=f"{bucket}/shards/mosaics", store=f"{bucket}/features",
-                                upsampler="bilinear", output_size=64, num_workers=0,
-                                lock_dir=str(tmp_path / "locks"), storage_secret=s3_secret)
+    again = precompute_features(**options)
     assert again["processed"] == 0 and again["skipped"] == 3
 
-    photos = ingest("-", f"{bucket}/shards/photos", layout="photos", options={"size": 64, "crops_per_photo": 1},
-                    storage_secret=s3_secret)
-    from prefect import get_client  # noqa: F401  (the state below carries the flow run id)
 
-    state = evaluate(report=f"{bucket}/report", upsamplers=["lowres", "bilinear"],
-                     seg_shards=f"{bucket}/shards/mosaics", cam_shards=f"{bucket}/shards/photos",
-                     stores={"stored bilinear": summary["store"]},
-                     image_size=64, cam_output_size=32, max_images=photos["samples"], probe_steps=20,
+def test_evaluate_flow_publishes_a_report_readable_from_any_machine(s3_data, bilinear_store, s3_secret, s3_server):
+    import httpx
+
+    from featup_flows.evaluate import evaluate
+
+    title = "flow test evaluation"
+    state = evaluate(report=f"{s3_data['bucket']}/report", upsamplers=["lowres", "bilinear"],
+                     seg_shards=s3_data["mosaics"], cam_shards=s3_data["photos"],
+                     stores={"stored bilinear": bilinear_store}, image_size=64, cam_output_size=32,
+                     max_images=int(s3_data["photo_count"]), probe_steps=20, title=title,
                      storage_secret=s3_secret, return_state=True)
     result = state.result()
     rows = {r["upsampler"]: r for r in result["rows"]}
-    assert set(rows) == {"low-res", "bilinear", "stored bilinear"}
-    assert 0 <= rows["bilinear"]["seg_miou"] <= 1 and 0 <= rows["low-res"]["cam_ad"] <= 100
+    assert set(rows) == {"lowres", "bilinear", "stored bilinear"}
+    assert 0 <= rows["bilinear"]["seg_miou"] <= 1 and 0 <= rows["lowres"]["cam_ad"] <= 100
     # The store's features are the bilinear ones (float16): the probe scores them alike; the CAM head is
     # not in the store, so that row has no CAM cells.
     assert abs(rows["stored bilinear"]["seg_miou"] - rows["bilinear"]["seg_miou"]) < 0.02
     assert rows["stored bilinear"].get("cam_ad") is None
-    import fsspec
+    assert result["report"] == f"{s3_data['bucket']}/report/index.html"
 
-    fs = fsspec.filesystem("s3", **storage)
-    written = fs.ls(f"{bucket}/report".removeprefix("s3://"))
-    assert any(p.endswith("index.html") for p in written) and any(p.endswith(".png") for p in written)
     artifacts = _artifacts(state.state_details.flow_run_id)
-    assert {"featup-evaluation-report", "featup-evaluation-table", "featup-evaluation-html"} <= set(artifacts)
-    assert "mIoU" in artifacts["featup-evaluation-report"].data
+    report, table, link = (artifacts[f"featup-evaluation-{k}"] for k in ("report", "table", "html"))
+    # the whole report, pictures inside: the UI shows them on any machine; no path on the worker's disk
+    assert report.data.startswith(f"# {title} — efficientnet_lite0")
+    for section in ("## Best per column", "## What the numbers mean", "## How much to trust them", "## Settings"):
+        assert section in report.data, section
+    assert report.data.count("](data:image/png;base64,") == 5 and "file://" not in report.data
+    # the table artifact is on the report's scale (percent), rounded as shown
+    records = {r["upsampler"]: r for r in json.loads(table.data)}
+    assert records["bilinear"]["mIoU % ↑"] == round(rows["bilinear"]["seg_miou"] * 100, 2)
+    assert f"{records['bilinear']['mIoU % ↑']:.2f}" in report.data
+    # the HTML page is on object storage, behind a presigned link that a browser (here httpx) opens as is
+    url = re.search(r"\((http[^)]+)\)", link.data).group(1)
+    assert url.startswith(s3_server.storage_options()["endpoint_url"]) and "Signature" in url
+    page = httpx.get(url, timeout=30)
+    assert page.status_code == 200 and f"<h1>{title} — efficientnet_lite0</h1>" in page.text
+    assert page.text.count("src='data:image/png;base64,") == 5  # the figures travel inside the page
 
-    checkpoint = f"{bucket}/ckpt/jbu.pt"  # reached with the Secret block's credentials, like the shards
-    trained = train_jbu(shards=f"{bucket}/shards/photos", checkpoint=checkpoint, steps=2,
-                        checkpoint_every=1, image_size=32, batch_size=2, num_jitters=1, max_images=4,
-                        storage_secret=s3_secret)
-    assert trained["steps"] == 2
-    resumed = train_jbu(shards=f"{bucket}/shards/photos", checkpoint=checkpoint, steps=3,
-                        checkpoint_every=1, image_size=32, batch_size=2, num_jitters=1, max_images=4,
-                        storage_secret=s3_secret)
+
+def test_train_jbu_flow_on_s3_resumes_from_its_checkpoint(s3_data, s3_secret, s3_server):
     from featup.checkpoints import load_checkpoint
+    from featup_flows.train_jbu import train_jbu
 
-    _, metadata = load_checkpoint(checkpoint, storage_options=storage)
+    checkpoint = f"{s3_data['bucket']}/ckpt/jbu.pt"  # reached with the Secret block's credentials, like the shards
+    options = dict(shards=s3_data["photos"], checkpoint=checkpoint, checkpoint_every=1, image_size=32,
+                   batch_size=2, num_jitters=1, max_images=4, storage_secret=s3_secret)
+    trained = train_jbu(steps=2, **options)
+    assert trained["steps"] == 2
+    resumed = train_jbu(steps=3, **options)
+    _, metadata = load_checkpoint(checkpoint, storage_options=s3_server.storage_options())
     assert metadata["step"] == 3 and resumed["final"]["step"] == 3
 
 
