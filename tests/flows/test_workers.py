@@ -1,7 +1,7 @@
 """Several workers on one pool share a dataset: two precompute runs, two workers, every shard done once.
 
 This is how a team scales out (docs/deploy.md): more workers on the `gpu` pool, each taking flow runs of
-`precompute-features/gpu` for the same dataset. The shard locks of flows/precompute.py make runs that
+`precompute-features/features-gpu` for the same dataset. The shard locks of flows/precompute.py make runs that
 meet on a shard wait for each other, so no shard is computed twice, and the store they write together
 is the one a single run writes.
 """
@@ -73,7 +73,7 @@ def test_two_workers_on_one_pool_process_every_shard_exactly_once(prefect_server
     # Both runs are scheduled for the same moment a little ahead: each worker starts its run's process and
     # imports the flow now, and the server holds both in Pending until then, so the two runs really meet.
     started = time.monotonic()
-    deployment = deployments["precompute-features/gpu"]["id"]
+    deployment = deployments["precompute-features/features-gpu"]["id"]
     parameters = dict(shards=shards, store=store, lock_dir=str(tmp_path / "locks"), **options)
     at = (datetime.now(timezone.utc) + timedelta(seconds=START_AHEAD_S)).isoformat()
     with server.client() as api:
