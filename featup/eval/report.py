@@ -643,6 +643,16 @@ def write_report(
                                cam_class_names=cam_class_names)
     written = []
     for name, data in [("index.html", page.encode()), ("report.md", markdown.encode()), *figures.items()]:
-        fs.pipe_file(f"{root}/{name}", data)
+        fs.pipe_file(f"{root}/{name}", data, **_content_type(fs, name))
         written.append(f"{base}/{name}")
     return written
+
+
+_MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".md": "text/markdown; charset=utf-8", ".png": "image/png"}
+
+
+def _content_type(fs: fsspec.AbstractFileSystem, name: str) -> dict[str, str]:
+    """The object's media type where the store records one (S3): served as binary/octet-stream, a browser
+    following a link to the page would download it instead of showing it."""
+    media = _MEDIA_TYPES[name[name.rindex("."):]]
+    return {"ContentType": media} if "s3" in fs.protocol else {}

@@ -91,6 +91,9 @@ def test_report_with_pictures_renders(storage_root, comparison):
     # the page carries its figures (the same PNG bytes), so it shows whole from any one URL it is published at
     inline = [base64.b64decode(src) for src in re.findall(r"src='data:image/png;base64,([^']+)'", page)]
     assert inline == [read(name) for name in names[2:]]
+    if url.startswith("s3://"):  # served with its media type, so a browser shows the page instead of saving it
+        fs, path = fsspec.core.url_to_fs(f"{url}/index.html", **so)
+        assert fs.info(path)["ContentType"] == "text/html; charset=utf-8"
     assert "<td class='best'>43.41</td>" in page and "Test report" in page
     markdown = read("report.md").decode()
     assert all(f"]({name})" in markdown for name in names[2:])

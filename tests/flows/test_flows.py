@@ -139,6 +139,7 @@ def test_evaluate_flow_publishes_a_report_readable_from_any_machine(s3_data, bil
     assert url.startswith(s3_server.storage_options()["endpoint_url"]) and "Signature" in url
     page = httpx.get(url, timeout=30)
     assert page.status_code == 200 and f"<h1>{title} — efficientnet_lite0</h1>" in page.text
+    assert page.headers["content-type"].startswith("text/html")  # shown by the browser, not downloaded
     assert page.text.count("src='data:image/png;base64,") == 5  # the figures travel inside the page
 
 
