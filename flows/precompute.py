@@ -1,25 +1,34 @@
-"""Flow: shards → backbone → upsampler → zarr feature store, one task per shard, resumable."""
+"""Flow: shards → backbone → upsampler → zarr feature store, one task per shard, resumable.
+
+The manifest is read once (a task with retries), the models are loaded once per process (the store's
+spec is their recipe), and the shards are mapped onto one task each; docs/architecture.md follows one
+image from its shard to its zarr chunk.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger
+from featup_tasks.data import read_dataset_manifest
+from featup_tasks.features import create_store, process_shard
+from featup_tasks.storage import storage_options
+from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import (
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from tqdm import tqdm
 
-from featup.pipeline import ShardReport
-from featup.store import open_feature_store
-from featup_tasks.features import create_store, process_shard, shard_lock_key
-from featup_tasks.locks import lock_manager
-from featup_tasks.storage import storage_options
+from featup.io import StorageRoot
+from featup.pipeline import PrecomputeOptions
 
 Upsampler = Literal["jbu", "implicit", "bilinear", "resize_conv"]
 DEFAULT_LOCK_DIR = os.path.join(Path.home(), ".prefect", "featup-shard-locks")
@@ -73,7 +82,7 @@ def precompute_features(
         device: auto (GPU when present), cpu or cuda[:N].
         amp: Autocast dtype for the backbone and upsampler (float32 = off).
         concurrency: Shards processed at once by this run (threads, or Dask workers).
-        num_workers: DataLoader worker processes reading and decoding ahead of the model (0 = inline).
+        num_workers: Threads decoding images ahead of the model (0 = decode inline, between batches).
         model_threads: CPU threads of the model (default: torch's); on few cores with a cheap upsampler, one
             fewer than the cores leaves the store writer a core and speeds the whole pipeline up.
         dask_address: Address of an existing Dask scheduler to run shard tasks on.
@@ -89,34 +98,31 @@ def precompute_features(
     """
     logger = get_run_logger()
     redis_url = redis_url or os.environ.get(REDIS_URL_ENV) or None
-    if dataset is None:
-        from featup.data.manifest import read_manifest
-
-        dataset = read_manifest(shards, storage_options=storage_options(storage_secret)).name
-    created = create_store(shards, store, dataset=dataset, backbone=backbone, tap=tap, upsampler=upsampler,
-                           checkpoint=checkpoint, output_size=(output_size, output_size), dtype=dtype,
-                           keep_lowres=keep_lowres, weights=weights, random_weights=random_weights,
-                           storage_secret=storage_secret, lock_dir=lock_dir, redis_url=redis_url)
-    pending = created["pending"]
-    total = created["num_shards"]
-    logger.info("%d of %d shards pending in %s", len(pending), total, created["url"])
+    storage = storage_options(storage_secret)  # one Secret read; every location below carries its options
+    manifest = read_dataset_manifest(StorageRoot(shards, storage))
+    options = PrecomputeOptions(batch_size=batch_size, device=device, amp=amp, num_workers=num_workers,
+                                model_threads=model_threads,
+                                weights=StorageRoot(weights, storage) if weights else None,
+                                checkpoint=StorageRoot(checkpoint, storage) if checkpoint else None)
+    created = create_store(manifest, StorageRoot(store, storage), dataset=dataset or manifest.name,
+                           backbone=backbone, tap=tap, upsampler=upsampler, output_size=(output_size, output_size),
+                           dtype=dtype, keep_lowres=keep_lowres, random_weights=random_weights, options=options,
+                           lock_dir=lock_dir, redis_url=redis_url)
+    url, total, pending = created.root.url, created.num_shards, created.pending
+    logger.info("%d of %d shards pending in %s", len(pending), total, url)
     progress = create_progress_artifact(progress=100.0 * (total - len(pending)) / total,
-                                        key="precompute-progress", description=f"shards done in {created['url']}")
-    options = dict(backbone=backbone, tap=tap, upsampler=upsampler, checkpoint=checkpoint, weights=weights,
-                   random_weights=random_weights, batch_size=batch_size, device=device, amp=amp,
-                   num_workers=num_workers, model_threads=model_threads, storage_secret=storage_secret,
-                   store_version=created["version"], lock_dir=lock_dir, redis_url=redis_url)
+                                        key="precompute-progress", description=f"shards done in {url}")
     runner = _task_runner(concurrency, dask_address, dask_workers)
-    reports = _run_shards.with_options(task_runner=runner)(created["url"], pending, options, str(progress),
-                                                         total, max(1, concurrency, dask_workers))
+    reports = _run_shards.with_options(task_runner=runner)(
+        created.root, _run_order(pending), options, created.version, lock_dir, redis_url, str(progress), total)
     bad = [dict(shard=r["shard"], **b) for r in reports for b in r["bad"]]
     unlisted = [dict(shard=r["shard"], **b) for r in reports for b in r["unlisted"]]
     damaged = {r["shard"]: r["shard_error"] for r in reports if r["shard_error"]}
     written = sum(r["written"] for r in reports if not r["skipped"])
     create_table_artifact(key="precompute-bad-samples",
                           table=bad + unlisted or [{"shard": "-", "key": "-", "reason": "none"}],
-                          description=f"bad samples in {created['url']} (and tar members not in the manifest)")
-    summary = {"store": created["url"], "shards": total, "processed": sum(not r["skipped"] for r in reports),
+                          description=f"bad samples in {url} (and tar members not in the manifest)")
+    summary = {"store": url, "shards": total, "processed": sum(not r["skipped"] for r in reports),
                "skipped": total - len(pending) + sum(r["skipped"] for r in reports), "written": written,
                "bad": len(bad), "unlisted": len(unlisted), "damaged_shards": sorted(damaged)}
     if bad or unlisted:
@@ -127,48 +133,32 @@ def precompute_features(
     return summary
 
 
+def _run_order(pending: list[int]) -> list[int]:
+    """The pending shards in an order of this run's own (a hash of its id): runs that start together, or one
+    after the other, meet on few shards and split the rest instead of trailing each other."""
+    run = str(flow_run.get_id() or "")
+    return sorted(pending, key=lambda shard: hashlib.sha256(f"{run}/{shard}".encode()).digest())
+
+
 @flow(name="precompute-shards")
-def _run_shards(store_url: str, pending: list[int], options: dict[str, Any], progress_id: str, total: int,
-                concurrency: int = 1) -> list[dict[str, Any]]:
-    """Run one task per pending shard (on this subflow's task runner); update progress as they finish.
+def _run_shards(store: StorageRoot, shards: list[int], options: PrecomputeOptions, store_version: str,
+                lock_dir: str | None, redis_url: str | None, progress_id: str, total: int) -> list[dict[str, Any]]:
+    """One shard task per shard, mapped on this sub-flow's task runner; progress as they finish.
 
-    At most ``concurrency`` shards are in flight. The next one taken is one no other run holds and the
-    store does not yet record complete (another run may have finished it since this run listed it), so
-    runs started together, or one after the other, split the shards instead of trailing each other.
+    The task runner bounds how many shards run at once (``concurrency`` threads, or the Dask workers); the
+    tasks' ``gpu`` tag lets a Prefect tag concurrency limit bound them across runs too. Each task asks the
+    store, under the shard's lock, whether its shard is still to do.
     """
-    locks = lock_manager(options["lock_dir"], options["redis_url"])
-    store = open_feature_store(store_url, storage_options=storage_options(options["storage_secret"]))
-    todo, running, reports = list(pending), {}, []
-    done = total - len(pending)
-
-    def take() -> int | None:
-        for shard in list(todo):
-            if locks is not None and locks.is_locked(shard_lock_key(store_url, options["store_version"], shard)):
-                continue
-            todo.remove(shard)
-            if not store.is_complete(shard):
-                return shard
-            reports.append(ShardReport(shard, skipped=True).to_dict())  # done by another run meanwhile
-            finished()
-        # all left are held elsewhere: wait for one; the shard task asks the store again under the lock
-        return todo.pop(0) if todo else None
-
-    def finished() -> None:
-        nonlocal done
-        done += 1
-        update_progress_artifact(progress_id, progress=100.0 * done / total)
-
-    while todo or running:
-        while todo and len(running) < max(1, concurrency):
-            shard = take()
-            if shard is not None:
-                running[process_shard.submit(store_url, shard, **options)] = shard
-        if not running:
-            break
-        future = next(as_completed(list(running)))
-        del running[future]
-        reports.append(dict(future.result()))
-        finished()
+    futures = process_shard.map(unmapped(store), shards, unmapped(options), store_version=unmapped(store_version),
+                                lock_dir=unmapped(lock_dir), redis_url=unmapped(redis_url))
+    done = total - len(shards)
+    reports = []
+    with tqdm(total=total, initial=done, unit="shard", desc="precompute", disable=not sys.stderr.isatty()) as bar:
+        for future in as_completed(futures):
+            reports.append(dict(future.result()))
+            done += 1
+            bar.update()
+            update_progress_artifact(progress_id, progress=100.0 * done / total)
     return sorted(reports, key=lambda r: r["shard"])
 
 

@@ -1,14 +1,17 @@
-"""Tasks that move datasets: ingest a layout into shards, read a shard set into memory for evaluation."""
+"""Tasks that move datasets: ingest a layout into shards, read a manifest, read a shard set for evaluation."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from featup_tasks.storage import io_retry, storage_options
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from featup.data import ingest, open_shards
+from featup.data.manifest import Manifest, read_manifest
 from featup.data.samples import BadSample
-from featup_tasks.storage import io_retry, storage_options
+from featup.io import StorageRoot
 
 
 @task(name="ingest-dataset", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=io_retry,
@@ -26,6 +29,17 @@ def ingest_dataset(layout: str, source: str, dest: str, *, name: str | None, max
     logger.info("%s: %d samples in %d shards at %s", manifest.name, manifest.num_samples, len(manifest.shards), dest)
     return {"manifest": manifest.url, "name": manifest.name, "samples": manifest.num_samples,
             "shards": len(manifest.shards), "bad": bad, "classes": manifest.classes}
+
+
+@task(name="read-manifest", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=io_retry,
+      persist_result=False, cache_policy=NO_CACHE)
+def read_dataset_manifest(source: StorageRoot) -> Manifest:
+    """The manifest of the dataset at ``source`` (its folder or manifest.json), read once per run and retried
+    when storage is briefly unreachable; a missing one fails at once."""
+    manifest = read_manifest(source)
+    get_run_logger().info("%s: %d samples in %d shards at %s", manifest.name, manifest.num_samples,
+                          len(manifest.shards), manifest.url)
+    return manifest
 
 
 @task(name="read-samples", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=io_retry,

@@ -149,4 +149,6 @@ def test_weights_are_named_portably_and_hashed_never_by_the_hosts_path(tmp_path)
     assert from_file.weights == "lite0.pth" and str(tmp_path) not in from_file.weights
     assert from_file.weights_sha256 == packaged.weights_sha256, "the same weights hash the same from anywhere"
     random = load_backbone("efficientnet_lite0", pretrained=False)
-    assert (random.weights, random.weights_sha256) == ("random", None)
+    assert random.weights == "random" and random.weights_sha256 != packaged.weights_sha256
+    assert load_backbone("efficientnet_lite0", pretrained=False).weights_sha256 == random.weights_sha256, \
+        "random weights are seeded: every process builds the same ones"

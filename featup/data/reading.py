@@ -9,12 +9,14 @@ they reach the main process from DataLoader workers.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
 import re
 import tarfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import fsspec
@@ -115,6 +117,24 @@ class _OpenShards:
     def __call__(self, src: Iterable[dict[str, str]]) -> Iterator[dict[str, Any] | BadSample]:
         for item in src:
             yield from iter_shard(item["url"], storage_options=self.storage_options)
+
+
+def decode_in_threads(raw: Iterable[Any], decode: Callable[[Any], Any], workers: int) -> Iterator[Any]:
+    """``decode(item)`` for every item of ``raw``, by ``workers`` threads, yielded in order.
+
+    Decoding and resizing images (Pillow) release the GIL, so threads decode in parallel; at most
+    ``2 · workers`` items are read ahead, so a shard is never held in memory whole.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    with ThreadPoolExecutor(workers, thread_name_prefix="featup-decode") as pool:
+        pending: collections.deque = collections.deque()
+        for item in raw:
+            pending.append(pool.submit(decode, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _as_hw(size: Size | None) -> tuple[int, int] | None:

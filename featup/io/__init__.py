@@ -12,10 +12,13 @@ from featup.io.files import (
     read_bytes,
     write_bytes,
 )
+from featup.io.roots import StorageRoot, as_root
 
 __all__ = [
     "StorageOptions",
+    "StorageRoot",
     "TransientError",
+    "as_root",
     "atomic_write",
     "describe",
     "exists",

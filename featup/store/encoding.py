@@ -1,7 +1,8 @@
 """How feature values are stored: dtype encodings (bfloat16 as uint16 bits) and compression codecs.
 
-Pure numpy: the store never imports torch (Dask workers reading features need not load it), yet
-takes torch tensors, which are converted through their ``.numpy()``.
+Pure numpy: this module never imports torch, yet takes torch tensors, converted through their
+``.numpy()``. The pipeline casts features to the stored dtype on its device, so what arrives here is
+usually already encoded and passes through untouched.
 """
 
 from __future__ import annotations
@@ -29,18 +30,24 @@ def fill_value(dtype: str) -> Any:
 
 
 def as_array(values: Any) -> np.ndarray:
-    """A numpy array from a numpy array or a torch tensor (any device; bfloat16 widened exactly to float32)."""
+    """A numpy array from a numpy array or a torch tensor (any device; bfloat16, which numpy lacks, widened
+    exactly to float32)."""
     if hasattr(values, "detach"):
         values = values.detach().cpu()
-        if not values.dtype.is_floating_point or values.dtype.itemsize < 4:
-            values = values.float()  # numpy has no bfloat16; float16 → float32 → float16 is exact
+        if not values.dtype.is_floating_point or str(values.dtype) == "torch.bfloat16":
+            values = values.float()
         return values.numpy()
     return np.asarray(values)
 
 
 def encode(values: Any, dtype: str) -> np.ndarray:
-    """Features (tensor or array) → the stored array, rounded to nearest even like torch's casts."""
+    """Features (tensor or array) → the stored array, rounded to nearest even like torch's casts.
+
+    An array already in the stored dtype (float16, float32, or uint16 bfloat16 bits) is returned as is.
+    """
     arr = as_array(values)
+    if arr.dtype == storage_dtype(dtype):
+        return arr
     if dtype != "bfloat16":
         return arr.astype(dtype, copy=False)
     bits = np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32)

@@ -19,6 +19,12 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 class FeatureSpec:
     """One feature store = one (dataset, backbone, upsampler): the user's choices plus provenance.
 
+    It is also the recipe of the models that make the features: a pipeline worker rebuilds backbone and
+    upsampler from it (``featup.pipeline.build_models``) and checks their weights against it.
+    ``backbone`` is the backbone's id (its name, plus ``-<tap>`` when not the default tap); ``weights``
+    names its weights portably ("random" for none) and ``weights_sha256`` hashes them;
+    ``checkpoint_sha256`` hashes the upsampler's weights (None without); ``upsampler_options`` are the
+    options of an upsampler made per image (the implicit fit).
     ``size`` is the stored high-res (H, W); ``lowres_size`` also stores the backbone's grid when set.
     ``dtype``: float16 (default), bfloat16 (stored as its uint16 bits, decoded on read) or float32.
     ``pca_components`` stores k PCA coefficients per pixel instead of all ``channels`` (basis kept
@@ -36,6 +42,9 @@ class FeatureSpec:
     tap: str = ""
     normalization: dict[str, Any] = dataclasses.field(default_factory=dict)
     checkpoint_sha256: str | None = None
+    weights: str = "random"
+    weights_sha256: str | None = None
+    upsampler_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     compression: str = "blosc-lz4"
     compression_level: int | None = None
     rows_per_chunk: int = 1
@@ -66,7 +75,7 @@ class FeatureSpec:
             raise ValueError(f"pca_components must lie in 1..channels={self.channels}, got {self.pca_components}")
         if self.channels_per_chunk is not None and not 1 <= self.channels_per_chunk <= self.stored_channels:
             raise ValueError(f"channels_per_chunk must lie in 1..{self.stored_channels}")
-        json.dumps([self.normalization, self.extra])  # both are stored as attributes
+        json.dumps([self.normalization, self.upsampler_options, self.extra])  # all are stored as attributes
 
     @property
     def stored_channels(self) -> int:

@@ -15,6 +15,7 @@ import webdataset as wds
 from featup.data.reading import (
     DecodeSample,
     collate_samples,
+    decode_in_threads,
     iter_shard,
     make_loader,
     open_shards,
@@ -253,3 +254,34 @@ def test_secrets_never_reach_logs_or_errors(s3_server, s3_bucket, caplog):
     texts = [caplog.text, str(failure.value), repr(failure.value), str(unreachable.value),
              repr(unreachable.value), repr(pipeline.pipeline)]
     assert all(secret not in t for t in texts)
+
+
+def test_decode_in_threads_runs_workers_at_once_and_keeps_the_order():
+    import threading
+
+    together = threading.Barrier(3, timeout=20)  # passes only when three decodes run at the same time
+    names = set()
+
+    def decode(i):
+        names.add(threading.current_thread().name)
+        if i < 3:
+            together.wait()
+        return i * 10
+
+    assert list(decode_in_threads(range(12), decode, 3)) == [i * 10 for i in range(12)]
+    assert len(names) == 3 and all(n.startswith("featup-decode") for n in names)
+    with pytest.raises(ValueError, match="at least 1"):
+        next(decode_in_threads(range(2), decode, 0))
+
+
+def test_decode_in_threads_reads_a_bounded_distance_ahead():
+    read = []
+
+    def raw():
+        for i in range(100):
+            read.append(i)
+            yield i
+
+    decoded = decode_in_threads(raw(), lambda i: i, 2)
+    assert next(decoded) == 0
+    assert len(read) <= 2 * 2 + 1, "a shard is never read into memory whole"
