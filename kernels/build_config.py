@@ -11,7 +11,12 @@ from pathlib import Path
 
 NAME = "featup_kernels"
 ROOT = Path(__file__).resolve().parent
-CPU_SOURCES = ("csrc/adaptive_conv.cpp", "csrc/adaptive_conv_checks.cpp", "csrc/adaptive_conv_cpu.cpp")
+CPU_SOURCES = (
+    "csrc/adaptive_conv.cpp",
+    "csrc/adaptive_conv_checks.cpp",
+    "csrc/adaptive_conv_cpu.cpp",
+    "csrc/jbu_cpu.cpp",
+)
 CUDA_SOURCES = ("csrc/adaptive_conv_cuda.cu",)
 
 # at::parallel_for only spawns threads in code compiled with OpenMP; libgomp is the one torch already loaded.

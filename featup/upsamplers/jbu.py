@@ -43,6 +43,7 @@ from torch import nn
 
 from featup.backbones import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from featup.ops import adaptive_conv, neighbour_products
+from featup.ops.jbu_layer import bicubic_pad, fused_layer_available, jbu_layer_forward
 from featup.upsamplers._inputs import check_features_and_image, resolve_output_size
 from featup.upsamplers._registry import register_upsampler
 
@@ -101,16 +102,27 @@ class JBULayer(nn.Module):
 
     def range_logits(self, guidance: torch.Tensor) -> torch.Tensor:
         """Temperature-scaled similarity of each tap's key to the pixel's query: B×d²×H×W."""
-        queries = self.range_proj(guidance)
+        queries, keys = self._queries_and_keys(guidance)
+        return self._temperature() * neighbour_products(queries, self.radius, keys)
+
+    def _temperature(self) -> torch.Tensor:
+        return self.range_temp.exp().clamp(1e-4, 1e4)
+
+    def _queries_and_keys(self, guidance: torch.Tensor, *, batched_matmul: bool = False
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per pixel the query and the key (None: the query itself) whose products are the range logits (before τ).
+
+        ``batched_matmul`` runs the range projection's 1×1 convolutions as batched matrix products, twice as fast
+        on the CPU; the differentiable path keeps the convolutions, which round as the published layer does.
+        """
+        queries = _pointwise_mlp(self.range_proj, guidance) if batched_matmul else self.range_proj(guidance)
         if self.range_mode == "distance":
             # −‖k − q‖²/2 = ⟨k, q⟩ − ‖k‖²/2 − ‖q‖²/2, and the last term is the same for every tap: one product
             # of [q, 1] with the keys [k, −‖k‖²/2].
             ones = torch.ones_like(queries[:, :1])
             keys = torch.cat([queries, -0.5 * queries.square().sum(1, keepdim=True)], 1)
-            logits = neighbour_products(torch.cat([queries, ones], 1), self.radius, keys)
-        else:
-            logits = neighbour_products(queries, self.radius)
-        return self.range_temp.exp().clamp(1e-4, 1e4) * logits
+            return torch.cat([queries, ones], 1), keys
+        return queries, None
 
     def range_kernel(self, guidance: torch.Tensor) -> torch.Tensor:
         """Softmax over the d² taps of the range logits: B×d²×H×W."""
@@ -170,12 +182,35 @@ class JBULayer(nn.Module):
             raise ValueError(
                 f"got guidance of size {height}×{width}, expected both sides larger than the radius {self.radius}"
             )
+        if not self._wants_grad(source, guidance) and source.dtype == guidance.dtype \
+                and fused_layer_available(guidance, self.radius):
+            return self._fused_forward(source, guidance)
         kernel = self.filters(guidance)
-        hr_source = F.interpolate(source, size=(height, width), mode="bicubic", align_corners=False)
-        r = self.radius
-        hr_padded = F.pad(hr_source, [r, r, r, r], mode="reflect")
+        hr_padded = bicubic_pad(source, (height, width), self.radius)
         per_pixel = kernel.permute(0, 2, 3, 1).reshape(batch, height, width, self.diameter, self.diameter)
         return adaptive_conv(hr_padded, per_pixel)
+
+    def _wants_grad(self, *inputs: torch.Tensor) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        return any(t.requires_grad for t in inputs) or any(p.requires_grad for p in self.parameters())
+
+    def _fused_forward(self, source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """``forward`` without autograd in one compiled pass per output row (``featup.ops.jbu_layer_forward``).
+
+        Same maths and the same random draws (the range projection's, then the fixup's Dropout2d mask) as the
+        composed path, so train-mode outputs agree too.
+        """
+        r = self.radius
+        queries, keys = self._queries_and_keys(guidance, batched_matmul=True)
+        keys_padded = F.pad(queries if keys is None else keys, [r] * 4, mode="reflect")
+        first, _, dropout, second = self.fixup_proj
+        batch, taps = guidance.shape[0], self.diameter**2
+        return jbu_layer_forward(
+            bicubic_pad(source, guidance.shape[-2:], r), queries * self._temperature().to(queries.dtype), keys_padded,
+            guidance, spatial_logits(self.diameter, self.sigma_spatial).to(guidance.dtype), first.weight.flatten(1),
+            first.bias, second.weight.flatten(1), second.bias, _dropout2d_scale(dropout, batch, taps, guidance),
+        )
 
 
 class JBUStack(nn.Module):
@@ -277,6 +312,30 @@ class JBUStack(nn.Module):
         out = self._run_layers(reduced, image, output_size)
         bias = torch.einsum("o,bod->bd", conv.bias.to(projection.dtype), projection)
         return out + 0.1 * bias[:, :, None, None].to(out.dtype)
+
+
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A 1×1 convolution of B×C×H×W as one batched matrix product: ATen's NCHW 1×1 conv reorders its data twice."""
+    b, _, h, w = x.shape
+    out = torch.baddbmm(bias.view(1, -1, 1), weight.flatten(1).expand(b, -1, -1), x.flatten(2))
+    return out.view(b, -1, h, w)
+
+
+def _pointwise_mlp(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``mlp(x)`` for a [Conv1×1, GELU, Dropout2d, Conv1×1] stack, its convolutions as batched matrix products."""
+    first, gelu, dropout, second = mlp
+    return _pointwise(dropout(gelu(_pointwise(x, first.weight, first.bias))), second.weight, second.bias)
+
+
+def _dropout2d_scale(dropout: nn.Dropout2d, batch: int, channels: int, like: torch.Tensor) -> torch.Tensor:
+    """Dropout2d's B×C multiplier of a B×C×H×W input, drawn as ``F.dropout2d`` draws it (ones when inactive)."""
+    if not dropout.training or dropout.p == 0:
+        return like.new_ones(batch, channels)
+    if dropout.p == 1:
+        return like.new_zeros(batch, channels)
+    # ATen's feature dropout: bernoulli_(1 − p) on a B×C×1×1 tensor of the input's dtype, divided by 1 − p.
+    keep = like.new_empty(batch, channels, 1, 1).bernoulli_(1 - dropout.p).div_(1 - dropout.p)
+    return keep.view(batch, channels)
 
 
 def guidance_at(guidance: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -10,6 +10,7 @@
 //
 // Every task owns what it writes, so there are no atomics and results do not depend on the thread count.
 #include "adaptive_conv.h"
+#include "cpu_tiles.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -25,151 +26,8 @@
 #include <type_traits>
 #include <vector>
 
-// A portable build still uses the wide vector units: GCC emits each hot function for AVX-512, AVX2+FMA and
-// baseline x86-64, and the loader picks the best one for the machine.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FEATUP_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FEATUP_CPU_CLONES
-#endif
-
-// Tile vectors wider than the baseline clone's registers only live inside inlined helpers, so the ABI note
-// GCC gives about passing them is moot.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 namespace featup {
 namespace {
-
-constexpr int64_t kTileX = 16;       // pixels per register tile: one AVX-512 or two AVX2 float vectors
-constexpr int64_t kBlockC = 4;       // channels that share each load of a filter tap
-constexpr int64_t kBlockRows = 16;   // rows per forward / input-gradient task
-constexpr int64_t kCorrBlockC = 32;  // channels staged at once for the filter gradient
-
-// kTileX consecutive values as one GCC/Clang vector; each clone maps it onto its widest registers.
-template <typename T>
-struct Tile {
-  typedef T type __attribute__((vector_size(kTileX * sizeof(T))));
-};
-
-template <typename T>
-[[gnu::always_inline]] inline typename Tile<T>::type load_tile(const T* p) {
-  typename Tile<T>::type v;
-  std::memcpy(&v, p, sizeof(v));  // an unaligned vector load
-  return v;
-}
-
-template <typename T>
-[[gnu::always_inline]] inline void store_tile(T* p, const typename Tile<T>::type& v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-
-template <typename T, typename scalar_t>
-void widen(const scalar_t* src, int64_t n, T* dst) {
-  for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<T>(src[k]);
-}
-
-template <typename scalar_t, typename T>
-void narrow(const T* src, int64_t n, scalar_t* dst) {
-  for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<scalar_t>(src[k]);
-}
-
-// Where tap (i, j) of a stencil reads: filter values at w + i*w_i + j*w_j and data at src + i*s_i + j*s_j.
-// The forward and the input gradient are the same stencil with different strides.
-struct TapStrides {
-  int64_t w_i, w_j, s_i, s_j;
-};
-
-// dst[c][x] = sum_{i,j} w[i*w_i + j*w_j + x] * src[c*src_c + i*s_i + j*s_j + x] for c < NC and the kTileX
-// pixels x; the accumulators stay in registers and each filter load serves NC channels.
-template <typename T, int D, int NC>
-[[gnu::always_inline]] inline void stencil_tile(const T* w, const T* src, int64_t src_c, TapStrides t, T* dst,
-                                                int64_t dst_c) {
-  typename Tile<T>::type acc[NC] = {};
-  for (int i = 0; i < D; ++i) {
-    for (int j = 0; j < D; ++j) {
-      const auto wv = load_tile(w + i * t.w_i + j * t.w_j);
-      const T* sp = src + i * t.s_i + j * t.s_j;
-#pragma GCC unroll 8
-      for (int c = 0; c < NC; ++c) acc[c] += wv * load_tile(sp + c * src_c);
-    }
-  }
-#pragma GCC unroll 8
-  for (int c = 0; c < NC; ++c) store_tile(dst + c * dst_c, acc[c]);
-}
-
-// One row of `width` pixels for nc <= kBlockC channels. A row that is not a whole number of tiles ends with a
-// tile overlapping the previous one, which rewrites the same values; rows narrower than a tile go pixel by pixel.
-template <typename T, int D>
-FEATUP_CPU_CLONES void stencil_row(const T* w, const T* src, int64_t src_c, TapStrides t, int64_t nc,
-                                   int64_t width, T* dst, int64_t dst_c) {
-  if (width < kTileX) {
-    for (int64_t c = 0; c < nc; ++c) {
-      for (int64_t x = 0; x < width; ++x) {
-        T acc = 0;
-        for (int i = 0; i < D; ++i) {
-          for (int j = 0; j < D; ++j) acc += w[i * t.w_i + j * t.w_j + x] * src[c * src_c + i * t.s_i + j * t.s_j + x];
-        }
-        dst[c * dst_c + x] = acc;
-      }
-    }
-    return;
-  }
-  for (int64_t x0 = 0; x0 < width; x0 += kTileX) {
-    const int64_t x = std::min(x0, width - kTileX);
-    if (nc == kBlockC) {
-      stencil_tile<T, D, kBlockC>(w + x, src + x, src_c, t, dst + x, dst_c);
-      continue;
-    }
-    for (int64_t c = 0; c < nc; ++c) {
-      stencil_tile<T, D, 1>(w + x, src + c * src_c + x, src_c, t, dst + c * dst_c + x, dst_c);
-    }
-  }
-}
-
-// dkt[(i*D+j)*dk_tap + x] += sum_{c < nc} g[c*g_c + x] * src[c*src_c + i*src_row + j + x] for the kTileX
-// pixels x: the D taps of one filter row accumulate in registers over all channels.
-template <typename T, int D>
-[[gnu::always_inline]] inline void correlate_tile(const T* g, int64_t g_c, const T* src, int64_t src_c,
-                                                  int64_t src_row, int64_t nc, T* dkt, int64_t dk_tap) {
-  for (int i = 0; i < D; ++i) {
-    typename Tile<T>::type acc[D];
-#pragma GCC unroll 16
-    for (int j = 0; j < D; ++j) acc[j] = load_tile(dkt + (i * D + j) * dk_tap);
-    for (int64_t c = 0; c < nc; ++c) {
-      const auto gv = load_tile(g + c * g_c);
-      const T* sp = src + c * src_c + i * src_row;
-#pragma GCC unroll 16
-      for (int j = 0; j < D; ++j) acc[j] += gv * load_tile(sp + j);
-    }
-#pragma GCC unroll 16
-    for (int j = 0; j < D; ++j) store_tile(dkt + (i * D + j) * dk_tap, acc[j]);
-  }
-}
-
-// One row of `width` pixels for nc <= kCorrBlockC channels. The last tile overlaps the previous one and sees
-// zeros in place of the gradient of pixels already done; rows narrower than a tile go pixel by pixel.
-template <typename T, int D>
-FEATUP_CPU_CLONES void correlate_row(const T* g, int64_t g_c, const T* src, int64_t src_c, int64_t src_row,
-                                     int64_t nc, int64_t width, T* dkt, int64_t dk_tap) {
-  if (width < kTileX) {
-    for (int64_t c = 0; c < nc; ++c) {
-      for (int p = 0; p < D * D; ++p) {
-        const T* sp = src + c * src_c + (p / D) * src_row + p % D;
-        for (int64_t x = 0; x < width; ++x) dkt[p * dk_tap + x] += g[c * g_c + x] * sp[x];
-      }
-    }
-    return;
-  }
-  int64_t x0 = 0;
-  for (; x0 + kTileX <= width; x0 += kTileX) {
-    correlate_tile<T, D>(g + x0, g_c, src + x0, src_c, src_row, nc, dkt + x0, dk_tap);
-  }
-  if (x0 == width) return;
-  const int64_t x = width - kTileX, done = x0 - x;
-  T masked[kCorrBlockC * kTileX] = {};
-  for (int64_t c = 0; c < nc; ++c) std::copy(g + c * g_c + x0, g + c * g_c + width, masked + c * kTileX + done);
-  correlate_tile<T, D>(masked, kTileX, src + x, src_c, src_row, nc, dkt + x, dk_tap);
-}
 
 // The filters as zero-bordered tap planes: kz[b][i*D+j][D-1+y][D-1+x] = K[b,y,x,i,j]. Both stencils read
 // filter values of consecutive pixels from it, and the border makes taps that fall off the image read 0.

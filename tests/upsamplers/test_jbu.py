@@ -227,3 +227,19 @@ def test_range_entropy_is_log_taps_for_a_uniform_kernel_and_lower_at_edges():
         torch.nn.init.zeros_(layer.range_proj[-1].weight)
         torch.nn.init.zeros_(layer.range_proj[-1].bias)
     assert flat.range_entropy(image, (4, 4)) == pytest.approx([math.log(49)] * 4, abs=1e-5)
+
+
+@pytest.mark.parametrize("range_kernel", ["dot", "distance"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_inference_forward_equals_the_differentiable_forward(range_kernel, train):
+    # Without autograd the layers run fused (featup.ops.jbu_layer, where the kernels are built); with it they are
+    # composed from differentiable ops. Same seed, same dropout draws, same output.
+    stack = randomised(JBUStack(6, range_kernel=range_kernel)).train(train)
+    features, image = inputs(grid=(5, 6), image=(37, 45))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        inference = stack(features, image)
+    torch.manual_seed(0)
+    differentiable = stack(features, image)
+    assert differentiable.requires_grad
+    torch.testing.assert_close(inference, differentiable.detach(), rtol=1e-4, atol=1e-4)
