@@ -268,12 +268,23 @@ def run_flow(command: str, argv: Sequence[str]) -> int:
               file=sys.stderr)
         return EXIT_FAILED
     if result is not None:
-        print(json.dumps(result, indent=2, default=str) if isinstance(result, (dict, list)) else result)
+        print(json.dumps(_on_report_scale(result), indent=2, default=str) if isinstance(result, (dict, list))
+              else result)
     bad = _bad_samples(result)
     if bad:
         print(f"featup {command}: finished with {bad} (see the summary above)", file=sys.stderr)
         return EXIT_BAD_SAMPLES
     return 0
+
+
+def _on_report_scale(result: typing.Any) -> typing.Any:
+    """A flow's summary as printed: metric rows (evaluate, demo) on the report's scale and rounding, keyed by its
+    headers, so the terminal shows the numbers the report shows (13.85 %, not 0.13851...)."""
+    if isinstance(result, dict) and isinstance(result.get("rows"), list):
+        from featup.eval.report import table_records
+
+        return {**result, "rows": table_records(result["rows"])}
+    return result
 
 
 def _needs_local_api() -> bool:

@@ -129,7 +129,8 @@ def test_evaluate_flow_publishes_a_report_readable_from_any_machine(s3_data, bil
     assert report.data.startswith(f"# {title} — efficientnet_lite0")
     for section in ("## Best per column", "## What the numbers mean", "## How much to trust them", "## Settings"):
         assert section in report.data, section
-    assert report.data.count("](data:image/png;base64,") == 5 and "file://" not in report.data
+    # metrics, features, segmentation, CAMs (no depth task here)
+    assert report.data.count("](data:image/png;base64,") == 4 and "file://" not in report.data
     # the table artifact is on the report's scale (percent), rounded as shown
     records = {r["upsampler"]: r for r in json.loads(table.data)}
     assert records["bilinear"]["mIoU % ↑"] == round(rows["bilinear"]["seg_miou"] * 100, 2)
@@ -140,7 +141,7 @@ def test_evaluate_flow_publishes_a_report_readable_from_any_machine(s3_data, bil
     page = httpx.get(url, timeout=30)
     assert page.status_code == 200 and f"<h1>{title} — efficientnet_lite0</h1>" in page.text
     assert page.headers["content-type"].startswith("text/html")  # shown by the browser, not downloaded
-    assert page.text.count("src='data:image/png;base64,") == 5  # the figures travel inside the page
+    assert page.text.count("src='data:image/png;base64,") == 4  # the figures travel inside the page
 
 
 def test_train_jbu_flow_on_s3_resumes_from_its_checkpoint(s3_data, s3_secret, s3_server):
@@ -155,6 +156,28 @@ def test_train_jbu_flow_on_s3_resumes_from_its_checkpoint(s3_data, s3_secret, s3
     resumed = train_jbu(steps=3, **options)
     _, metadata = load_checkpoint(checkpoint, storage_options=s3_server.storage_options())
     assert metadata["step"] == 3 and resumed["final"]["step"] == 3
+
+
+def test_demo_publishes_its_report_on_the_demo_run_itself(prefect_api, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    from featup_flows.demo import demo
+
+    state = demo(out=str(tmp_path / "demo"), mosaics=4, image_size=64, upsamplers=["lowres", "jbu"],
+                 return_state=True)
+    result = state.result()
+    assert [r["upsampler"] for r in result["rows"]] == ["lowres", "jbu"]
+    run_id = state.state_details.flow_run_id
+    artifacts = _artifacts(run_id)  # on the run a user opens, not on a nested one
+    assert {"featup-evaluation-report", "featup-evaluation-table"} <= set(artifacts)
+    assert artifacts["featup-evaluation-report"].data.startswith("# featup demo: efficientnet_lite0 on offline data")
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
+    # two ingests and a precompute run as subflows; the evaluation runs in the demo's own run
+    assert len(children) == 3
+    assert not any(key.startswith("featup-evaluation") for child in children for key in _artifacts(child.id))
 
 
 def test_precompute_on_a_local_dask_cluster(prefect_api, tmp_path):
