@@ -1,5 +1,6 @@
 """Prefect tasks: thin wrappers adding retries, tags, logging and caching to featup library calls.
 
-Tasks pass URLs and small dicts between each other, never big tensors, and keep result persistence
-off: the data lives in shards and feature stores.
+The precompute tasks pass storage roots, options and reports, never features: those live in shards and
+feature stores, and result persistence is off. (``read_samples`` hands decoded evaluation images to the
+flow in memory.)
 """

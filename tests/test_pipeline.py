@@ -177,3 +177,33 @@ def test_precompute_options_reject_what_cannot_run():
     with pytest.raises(ValueError, match="amp must be one of"):
         PrecomputeOptions(amp="int8")
     assert PrecomputeOptions(num_workers=4).run_options()["num_workers"] == 4
+
+
+def test_the_reader_thread_hands_its_error_over_and_ends_with_the_consumer():
+    from featup.pipeline.shard import _ahead
+
+    def cut():
+        yield 1
+        yield 2
+        raise OSError("shard cut")
+
+    batches = _ahead(cut())
+    assert [next(batches), next(batches)] == [1, 2]
+    with pytest.raises(OSError, match="shard cut"):
+        next(batches)
+
+    closed = []
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.append(True)
+
+    batches = _ahead(endless(), depth=1)
+    assert next(batches) == 0
+    batches.close()  # the consumer stops while the reader waits on a full queue: no hang, the source is closed
+    assert closed == [True]

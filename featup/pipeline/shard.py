@@ -20,7 +20,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -158,7 +158,7 @@ def _stored_array(values: torch.Tensor) -> np.ndarray:
 
 
 def _read_batches(url: str, storage_options: Any, image_size: tuple[int, int], batch_size: int,
-                  num_workers: int, pin: bool) -> Iterator[dict[str, Any]]:
+                  num_workers: int, pin: bool) -> Generator[dict[str, Any], None, None]:
     """Batches of one shard's decoded samples (BadSamples in ``batch["bad"]``), decoded by ``num_workers`` threads."""
     decode = DecodeSample(image_size)
     raw = iter_shard(url, storage_options=storage_options)
@@ -180,26 +180,32 @@ def _collate(items: list[Any], image_size: tuple[int, int], pin: bool) -> dict[s
     return batch
 
 
-def _ahead(batches: Iterator[dict[str, Any]], depth: int = 2) -> Iterator[dict[str, Any]]:
+def _ahead(batches: Generator[dict[str, Any], None, None], depth: int = 2) -> Iterator[dict[str, Any]]:
     """``batches`` produced by a thread up to ``depth`` ahead of the consumer; its error is raised here."""
     out: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     end = object()
 
+    def offer(item: Any) -> bool:
+        """Queue ``item`` unless the consumer stopped meanwhile (never blocks for good)."""
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for batch in batches:
-                while not stop.is_set():
-                    try:
-                        out.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(batch):
                     return
-            out.put(end)
+            offer(end)
         except BaseException as exc:  # handed to the consumer
-            out.put(exc)
+            offer(exc)
+        finally:
+            batches.close()  # its tar stream and decode threads end here, not whenever it is collected
 
     thread = threading.Thread(target=produce, name="featup-shard-reader", daemon=True)
     thread.start()

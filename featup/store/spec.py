@@ -9,8 +9,8 @@ import re
 from typing import Any
 
 DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4}
-# name → default level. blosc-lz4 (byte-shuffled) encodes about as fast as storage takes bytes and
-# saves ~15% on float16 features; blosc-zstd saves ~30% at a fraction of the speed (bench/store.py).
+# name → default level. blosc-lz4 is the default because it encodes about as fast as storage takes bytes;
+# the measured sizes and speeds of each are in docs/bench/store.md (bench/store.py).
 COMPRESSIONS = {"blosc-lz4": 5, "blosc-zstd": 3, "zstd": 3, "none": 0}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
