@@ -59,7 +59,6 @@ class Backbone(nn.Module):
         use_norm: bool = False,
         classifier: nn.Module | None = None,
         weights: str = "random",
-        weights_sha256: str | None = None,
         default_tap: str | None = None,
     ):
         super().__init__()
@@ -74,11 +73,19 @@ class Backbone(nn.Module):
         self.normalize = Normalize(mean, std)
         self.channel_norm = ChannelNorm(dim) if use_norm else None
         self.classifier = classifier
-        # Provenance: a portable name of the weights ("random" for none) and the sha256 of the loaded state dict.
+        # Provenance: a portable name of the weights ("random" for seeded random ones); their hash on demand.
         self.weights = weights
-        self.weights_sha256 = weights_sha256
+        self._weights_sha256: str | None = None
         self.requires_grad_(False)
         self.eval()
+
+    @property
+    def weights_sha256(self) -> str:
+        """sha256 of the model's state dict (``featup.checkpoints.checkpoint_hash``), computed once when first
+        asked: what a feature store records and a worker checks."""
+        if self._weights_sha256 is None:
+            self._weights_sha256 = checkpoint_hash(self.model.state_dict())
+        return self._weights_sha256
 
     @property
     def norm_config(self) -> dict:
@@ -159,7 +166,6 @@ def load_backbone(
     extract, dim, classifier = _tap(model, spec, tap, stride)
     return Backbone(spec.name, model, extract, tap=tap, stride=stride, dim=dim, mean=spec.mean, std=spec.std,
                     use_norm=use_norm, classifier=classifier, weights=source,
-                    weights_sha256=checkpoint_hash(model.state_dict()),
                     default_tap=spec.default_tap)
 
 
