@@ -67,6 +67,13 @@ def test_pca_on_image_files_and_clear_error_naming_a_corrupt_one(tmp_path, capsy
     assert err.count("\n") == 1
 
 
+def test_weights_that_are_not_a_checkpoint_give_one_line(tmp_path, capsys):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.jpg")
+    assert main(["pca", "--photos", "chelsea", "--weights", str(tmp_path / "x.jpg"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("featup pca: error: ") and err.count("\n") == 1 and "x.jpg" in err
+
+
 def test_missing_weights_error_reaches_the_user(capsys, monkeypatch):
     monkeypatch.delenv("FEATUP_WEIGHTS_DIR", raising=False)
     assert main(["pca", "--photos", "chelsea", "--backbone", "dino_s16", "--out", "memory://x"]) == 2
