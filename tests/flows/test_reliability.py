@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,8 @@ def _mosaics(url: str, storage_options=None, n: int = 6, size: int = 32, per_sha
 def _precompute(shards: str, store: str, lock_dir: Path, **kw):
     from featup_flows.precompute import precompute_features
 
-    return precompute_features(shards=shards, store=store, upsampler="bilinear", output_size=32, num_workers=0,
-                               lock_dir=str(lock_dir), **kw)
+    return precompute_features(shards=shards, store=store, upsampler="bilinear", num_workers=0,
+                               lock_dir=str(lock_dir), **{"output_size": 32, **kw})
 
 
 def _task_attempts(name: str) -> int:
@@ -270,3 +271,30 @@ def test_two_hosts_sharing_redis_compute_every_shard_once(prefect_api, tmp_path,
     assert sum(s["processed"] for s in summaries) == len(manifest.shards), summaries
     assert sum(s["written"] for s in summaries) == 32
     assert open_feature_store(summaries[0]["store"]).pending_shards() == []
+
+
+def test_a_tag_concurrency_limit_bounds_the_mapped_shard_tasks(prefect_api, tmp_path):
+    """The shard tasks are mapped onto the task runner (3 threads here); Prefect's `gpu` tag concurrency limit
+    still runs them one at a time, across every run that shares the API."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime
+
+    _mosaics(str(tmp_path / "shards"), n=6, size=64)
+    began = datetime.now(timezone.utc)
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag="gpu", concurrency_limit=1)
+    try:
+        summary = _precompute(str(tmp_path / "shards"), str(tmp_path / "features"), tmp_path / "locks",
+                              output_size=224, concurrency=3)  # shards of seconds: overlap would show
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_concurrency_limit_by_tag("gpu")
+    assert summary["processed"] == 3
+    with get_client(sync_client=True) as client:
+        shards = client.read_task_runs(task_run_filter=TaskRunFilter(
+            name=TaskRunFilterName(like_="precompute-shard"), start_time=TaskRunFilterStartTime(after_=began)))
+    # (the sub-flow running them has a task run of its own, named precompute-shards-…)
+    spans = sorted((r.start_time, r.end_time) for r in shards if r.name.startswith("precompute-shard-"))
+    assert len(spans) == 3 and all(end for _, end in spans), spans
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end - timedelta(seconds=0.2), f"two shard tasks ran at once: {spans}"
