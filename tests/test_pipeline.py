@@ -207,3 +207,22 @@ def test_the_reader_thread_hands_its_error_over_and_ends_with_the_consumer():
     assert next(batches) == 0
     batches.close()  # the consumer stops while the reader waits on a full queue: no hang, the source is closed
     assert closed == [True]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_on_cuda_pinned_non_blocking_copies_store_what_the_cpu_stores(tmp_path, backbone, dtype):
+    """The GPU path (pinned images, cast on the device, non-blocking copies waited on by the writer)."""
+    from featup.store import open_feature_store
+
+    manifest = _dataset(str(tmp_path / "shards"))
+    spec = FeatureSpec(dataset="m", backbone=backbone.id, upsampler="bilinear", channels=backbone.dim,
+                       size=(SIZE, SIZE), dtype=dtype)
+    stores = {}
+    for device in ("cpu", "cuda"):
+        stores[device] = create_feature_store(str(tmp_path / device), spec, manifest)
+        report = precompute_shard(stores[device], 0, backbone, load_upsampler("bilinear"), device=device,
+                                  num_workers=2, batch_size=2)
+        assert report.written == 2
+    cpu, cuda = (open_feature_store(s.url).to_xarray().features.values for s in stores.values())
+    np.testing.assert_allclose(cuda, cpu, rtol=2e-2, atol=2e-2)

@@ -103,3 +103,25 @@ def test_a_shard_task_rebuilds_the_models_from_the_spec_and_refuses_other_weight
     assert _shard(result.root, 1, PrecomputeOptions(num_workers=0, device="cpu"))["skipped"]
     features = open_feature_store(result.root).to_xarray().features.values
     assert features.shape == (4, 112, SIZE, SIZE) and np.isfinite(features).all()
+
+
+def test_a_missing_manifest_fails_at_once_naming_what_to_do(prefect_api, tmp_path):
+    from prefect import flow, get_client
+
+    from featup.io import StorageRoot
+    from featup_tasks.data import read_dataset_manifest
+
+    @flow(name="read-missing-manifest")
+    def read():
+        state = read_dataset_manifest.with_options(retry_delay_seconds=0)(StorageRoot(str(tmp_path / "none")),
+                                                                          return_state=True)
+        try:
+            state.result()
+        except FileNotFoundError as exc:
+            return str(exc), state.state_details.task_run_id
+        raise AssertionError("a missing manifest was read")
+
+    message, task_run = read()
+    assert "no shard manifest at" in message and "write the shards first" in message
+    with get_client(sync_client=True) as client:
+        assert client.read_task_run(task_run).run_count == 1, "a missing file is not retried"
