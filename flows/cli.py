@@ -162,17 +162,19 @@ class _QuietConsole(logging.Formatter):
 
 
 def _from_featup(record: logging.LogRecord) -> bool:
-    """Keep a console record unless it is one of Prefect's own INFO lines (banners, run and state changes).
+    """Keep a console record unless it is one of Prefect's own lines but a warning (e.g. a retry to come).
 
-    Prefect's engine logs on the same run loggers as the flows, so the record's source file tells them apart;
-    a flow's ``print`` reaches the console through Prefect's ``print_as_log``, which is kept.
+    Prefect's INFO lines are banners and state changes; its ERROR lines repeat, once per run and task, the
+    failure that the command's last line says once. Prefect's engine logs on the same run loggers as the
+    flows, so the record's source file tells them apart; a flow's ``print`` reaches the console through
+    Prefect's ``print_as_log``, which is kept.
     """
-    if record.levelno >= logging.WARNING:
-        return True
     import prefect
 
     source = os.path.abspath(record.pathname)
-    return not source.startswith(str(prefect.__module_path__)) or source.endswith(os.path.join("logging", "loggers.py"))
+    if not source.startswith(str(prefect.__module_path__)) or source.endswith(os.path.join("logging", "loggers.py")):
+        return True
+    return record.levelno == logging.WARNING
 
 
 @contextlib.contextmanager
@@ -268,8 +270,8 @@ def run_flow(command: str, argv: Sequence[str]) -> int:
               file=sys.stderr)
         return EXIT_FAILED
     if result is not None:
-        print(json.dumps(_on_report_scale(result), indent=2, default=str) if isinstance(result, (dict, list))
-              else result)
+        print(json.dumps(_on_report_scale(result), indent=2, default=str, ensure_ascii=False)
+              if isinstance(result, (dict, list)) else result)
     bad = _bad_samples(result)
     if bad:
         print(f"featup {command}: finished with {bad} (see the summary above)", file=sys.stderr)

@@ -63,6 +63,10 @@ def score_upsamplers(backbone: str, upsamplers: list[str], *, seg_train: list | 
 
     ``stores`` maps upsampler names to feature stores whose features are scored instead of computed.
     """
+    tasks = [f"{what} probes on {len(train)} + {len(test)} images" for what, train, test in
+             (("segmentation", seg_train, seg_test), ("depth", depth_train, depth_test)) if train is not None]
+    tasks += [f"CAMs on {len(cam_images)} images"] if cam_images else []
+    get_run_logger().info("scoring %s: %s (minutes on a CPU)", ", ".join(upsamplers), "; ".join(tasks))
     bb = models.backbone(backbone, None, weights, random_weights=random_weights)
     cam_bb = models.backbone(backbone, "stride32", weights, random_weights=random_weights) if cam_images else None
     specs = upsampler_specs(upsamplers, checkpoints, implicit_options, stores, storage_options(storage_secret))

@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +166,32 @@ def test_bad_argument_from_the_console_command_is_one_line_without_traceback(tmp
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [done.stderr.strip()] and "Traceback" not in done.stderr
     assert not (tmp_path / "prefect.db").exists()  # no API (and so no database) was started
+
+
+def _featup(*argv: str, home: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "DO_NOT_TRACK")}
+    return subprocess.run([str(Path(sys.executable).parent / "featup"), *argv], capture_output=True, text=True,
+                          env={**env, "PREFECT_HOME": str(home)}, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_flow_command_prints_its_stages_and_no_prefect_chatter(tmp_path):
+    done = _featup("ingest", "--source", "-", "--layout", "photos", "--output", str(tmp_path / "photos"),
+                   "--options", '{"size": 32}', home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == "featup ingest: starting a local Prefect API"
+    assert re.fullmatch(r"\d\d:\d\d:\d\d photos: 9 samples in 1 shards at .*", lines[1]) and len(lines) == 2, lines
+    for chatter in ("Beginning flow run", "Finished in state", "View at", "docs.prefect.io", "temporary server",
+                    "telemetry"):
+        assert chatter not in done.stderr + done.stdout, chatter
+    # a failure during the run: one line after the start, not Prefect's repetitions of it
+    (tmp_path / "not-shards").mkdir()
+    failed = _featup("evaluate", "--cam-shards", str(tmp_path / "not-shards"), "--image-size", "64",
+                     home=tmp_path / "home")
+    assert failed.returncode == 2 and failed.stdout == ""
+    errors = failed.stderr.splitlines()[1:]
+    assert len(errors) == 1 and errors[0].startswith("featup evaluate: error: no shard manifest at "), errors
 
 
 def test_flow_commands_offer_debug_and_say_what_was_recorded_bad(capsys):
