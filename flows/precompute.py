@@ -73,7 +73,8 @@ def precompute_features(
         store: Root URL of feature stores; the group is <store>/<dataset>/<backbone>/<upsampler>.
         backbone: Backbone name (featup backbones) or any timm model name.
         upsampler: jbu (trained checkpoint), implicit (fitted per image), bilinear or resize_conv.
-        checkpoint: Upsampler checkpoint path or URL; default: the one featup ships for the backbone.
+        checkpoint: Upsampler checkpoint path or URL; default: the one featup ships for the backbone. The
+            store records its sha256 and every shard task checks it.
         tap: Backbone layer (e.g. stride16); default: the backbone's own.
         output_size: Side of the square input image and of the stored high-res features, in pixels.
         dtype: Stored dtype of the features.
@@ -87,7 +88,8 @@ def precompute_features(
             fewer than the cores leaves the store writer a core and speeds the whole pipeline up.
         dask_address: Address of an existing Dask scheduler to run shard tasks on.
         dask_workers: Start a local Dask cluster of this many workers (0 = no Dask).
-        weights: Backbone weights path or URL.
+        weights: Backbone weights path or URL; the store records their file name and sha256 (not the path),
+            and every shard task checks the weights it finds against them.
         random_weights: Use random backbone weights (for tests and smoke runs).
         dataset: Dataset name in the store; default: the manifest's name.
         lock_dir: Folder for the store and shard locks shared by the runs of this host (runs meeting on a
