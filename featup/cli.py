@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pca = sub.add_parser(
         "pca",
-        help="extract backbone features of photos and write PCA images (low-res vs upsampled)",
+        help="extract backbone features of photos and write PCA images (lowres vs upsampled)",
         description="Extract features of photos and write, per photo, a PNG showing the image, the "
                     "backbone's own (lowres) features and each upsampler's output under one jointly fitted PCA "
                     "basis, each panel titled. The file name carries the photo, backbone and size, so runs with "

@@ -92,7 +92,7 @@ def evaluate(
         max_images: At most this many samples read per shard set.
         test_every: Every n-th sample of a shard set is a test sample when no test shards are given.
         probe_protocol: own (per-upsampler probe, labels at the feature grid), lowres (one probe trained on
-            low-res features, applied to all), full (probe trained at full resolution).
+            lowres features, applied to all), full (probe trained at full resolution).
         probe_steps: Optimisation steps of each linear probe.
         checkpoints: Upsampler name -> checkpoint path or URL (default: featup's shipped checkpoints).
         stores: Row name -> feature store URL written by precompute-features; that row scores the stored

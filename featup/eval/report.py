@@ -75,7 +75,7 @@ _PROTOCOLS = {
     "own": "each upsampler gets its own linear probe (one weight per feature channel and class, applied at "
            "every pixel) trained on its own features of the training images, with the labels shrunk to the "
            "feature grid; it tests how much each upsampler's features can tell.",
-    "lowres": "one linear probe is trained on the low-res backbone features and applied unchanged to every "
+    "lowres": "one linear probe is trained on the lowres features (the backbone's own) and applied unchanged to every "
               "upsampler's features; it tests whether upsampled features are a drop-in replacement that "
               "keeps their meaning (training images are not upsampled, so the time covers test images only).",
     "full": "each upsampler gets its own linear probe, trained on its features resized to the labels' full "
@@ -344,7 +344,7 @@ _FIGURE_NOTES = {
                    "axis is zoomed on the differences and need not start at 0.",
     "features.png": "The first {task} test image and each upsampler's features on it, reduced to three colours by PCA: "
                     "one basis is fitted on all panels together, so the same colour means the same feature "
-                    "everywhere. Good upsampling keeps the low-res colours and sharpens their edges along the "
+                    "everywhere. Good upsampling keeps the lowres panel's colours and sharpens their edges along the "
                     "image's.",
     "segmentation.png": "The first segmentation test image, its true labels and each upsampler's probe prediction, "
                         "coloured by class (legend: every class in the labels or any prediction{classes}).",
