@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import fsspec
 import numpy as np
 import torch
 import webdataset as wds
@@ -36,7 +35,7 @@ from featup.data.images import (
 from featup.data.manifest import read_manifest
 from featup.data.samples import IGNORE_INDEX, BadSample
 from featup.data.storage import StorageOptions
-from featup.io import TransientError, is_transient
+from featup.io import TransientError, is_transient, open_read
 
 # members webdataset skips: its own metadata (a leading __name__ file or folder)
 _META = re.compile(r"__[^/]*__($|/)")
@@ -79,7 +78,7 @@ def iter_shard(url: str, *, storage_options: StorageOptions = None) -> Iterator[
     current: dict[str, Any] | None = None
     count = 0
     try:
-        with fsspec.open(url, "rb", **dict(storage_options or {})) as stream, \
+        with open_read(url, storage_options) as stream, \
                 tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
                 # a member's header names its sample before its data is read: the sample before it is

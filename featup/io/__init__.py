@@ -9,6 +9,7 @@ from featup.io.files import (
     is_local,
     join_url,
     local_path,
+    open_read,
     read_bytes,
     write_bytes,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "is_transient",
     "join_url",
     "local_path",
+    "open_read",
     "read_bytes",
     "write_bytes",
 ]

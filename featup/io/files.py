@@ -47,6 +47,11 @@ def exists(url: str, storage_options: StorageOptions = None) -> bool:
     return fs.exists(path)
 
 
+def open_read(url: str, storage_options: StorageOptions = None) -> fsspec.core.OpenFile:
+    """``url`` opened for streaming reads (a context manager): for files read piece by piece, like shards."""
+    return fsspec.open(url, "rb", **dict(storage_options or {}))
+
+
 def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
     """The whole object at ``url``; FileNotFoundError names the URL."""
     fs, path = filesystem(url, storage_options)
