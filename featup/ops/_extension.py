@@ -175,6 +175,10 @@ def _register_python_side() -> None:
     torch.library.register_fake("featup::adaptive_conv_forward", _forward_fake)
     torch.library.register_fake("featup::adaptive_conv_backward", _backward_fake)
     torch.library.register_autograd("featup::adaptive_conv_forward", _backward, setup_context=_setup_context)
+    # The one-gradient ops (CPU builds since they exist; an older installed build lacks them).
+    for name, fake in (("adaptive_conv_filter_grad", _filter_grad_fake), ("adaptive_conv_input_grad", _input_grad_fake)):
+        if hasattr(torch.ops.featup, name):
+            torch.library.register_fake(f"featup::{name}", fake)
 
 
 def _forward_fake(x_padded: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
@@ -191,6 +195,17 @@ def _backward_fake(
     return torch.empty_like(x_padded, memory_format=torch.contiguous_format), torch.empty_like(
         filters, memory_format=torch.contiguous_format
     )
+
+
+def _filter_grad_fake(grad_out: torch.Tensor, x_padded: torch.Tensor) -> torch.Tensor:
+    d = x_padded.shape[2] - grad_out.shape[2] + 1
+    return grad_out.new_empty((grad_out.shape[0], grad_out.shape[2], grad_out.shape[3], d, d))
+
+
+def _input_grad_fake(grad_out: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    d = filters.shape[-1]
+    b, c, h, w = grad_out.shape
+    return grad_out.new_empty((b, c, h + d - 1, w + d - 1))
 
 
 def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: torch.Tensor) -> None:

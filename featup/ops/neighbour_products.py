@@ -40,15 +40,30 @@ def neighbour_products(queries: torch.Tensor, radius: int, keys: torch.Tensor | 
     )
 
 
+def _single_gradient_ops(device: torch.device) -> bool:
+    """Whether the loaded kernels have the one-gradient ops for this device (CPU builds; an older build may not)."""
+    key = {"cpu": torch._C.DispatchKey.CPU, "cuda": torch._C.DispatchKey.CUDA}.get(device.type)
+    return key is not None and all(
+        hasattr(torch.ops.featup, name) and getattr(torch.ops.featup, name).default.has_kernel_for_dispatch_key(key)
+        for name in ("adaptive_conv_filter_grad", "adaptive_conv_input_grad"))
+
+
 class _CompiledProducts(torch.autograd.Function):
-    """The products through featup's compiled adaptive-conv ops (the unused half of each call is cheap next to
-    the per-tap loop)."""
+    """The products through featup's compiled adaptive-conv ops: the filter gradient of the queries against the keys.
+
+    Where the kernels have the one-gradient ops each direction computes only what it needs; elsewhere the unused
+    half of ``adaptive_conv_backward`` is computed and dropped.
+    """
 
     @staticmethod
     def forward(ctx, queries: torch.Tensor, keys: torch.Tensor, d: int) -> torch.Tensor:
         b, _, h, w = queries.shape
-        unused = queries.new_zeros(b, h, w, d, d)
-        _, products = torch.ops.featup.adaptive_conv_backward.default(queries, keys, unused)
+        ctx.single = _single_gradient_ops(queries.device)
+        if ctx.single:
+            products = torch.ops.featup.adaptive_conv_filter_grad.default(queries, keys)
+        else:
+            unused = queries.new_zeros(b, h, w, d, d)
+            _, products = torch.ops.featup.adaptive_conv_backward.default(queries, keys, unused)
         ctx.save_for_backward(queries, keys)
         return products.reshape(b, h, w, d * d).permute(0, 3, 1, 2)
 
@@ -61,6 +76,8 @@ class _CompiledProducts(torch.autograd.Function):
         grad_queries = grad_keys = None
         if ctx.needs_input_grad[0]:
             grad_queries = torch.ops.featup.adaptive_conv_forward.default(keys, filters)
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and ctx.single:
+            grad_keys = torch.ops.featup.adaptive_conv_input_grad.default(queries, filters)
+        elif ctx.needs_input_grad[1]:
             grad_keys, _ = torch.ops.featup.adaptive_conv_backward.default(queries, keys, filters)
         return grad_queries, grad_keys, None

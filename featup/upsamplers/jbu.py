@@ -135,8 +135,12 @@ class JBULayer(nn.Module):
     def filters(self, guidance: torch.Tensor) -> torch.Tensor:
         """The per-pixel d×d filters this layer applies, tap p = i·d + j: B×d²×H×W (signed after the fixup)."""
         # softmax(range)·spatial / Σ is one softmax of range + log spatial: fewer passes over B×d²×H×W.
-        kernel = F.softmax(self.range_logits(guidance) + spatial_logits(self.diameter, self.sigma_spatial)[:, None, None],
-                           dim=1)
+        logits = self.range_logits(guidance) + spatial_logits(self.diameter, self.sigma_spatial)[:, None, None]
+        # Pixel-major (channels-last) from here on, as the compiled range logits already are: the softmax runs over
+        # contiguous taps (over dim 1 ATen would copy to NCHW first), ATen's 1×1 convs run faster on it, and the
+        # adaptive conv takes the filters pixel by pixel without a transposing copy.
+        kernel = F.softmax(logits.permute(0, 2, 3, 1), dim=-1).permute(0, 3, 1, 2)
+        guidance = guidance.contiguous(memory_format=torch.channels_last)
         # fixup_proj(cat[K, G]) with its first 1×1 conv split over K and G: no B×(d²+g)×H×W copy.
         first, gelu, dropout, second = self.fixup_proj
         taps = kernel.shape[1]

@@ -20,6 +20,9 @@ namespace featup {
 TORCH_LIBRARY(featup, m) {
   m.def("adaptive_conv_forward(Tensor x_padded, Tensor filters) -> Tensor");
   m.def("adaptive_conv_backward(Tensor grad_out, Tensor x_padded, Tensor filters) -> (Tensor, Tensor)");
+  // Each half of the backward alone (CPU only; elsewhere callers use adaptive_conv_backward).
+  m.def("adaptive_conv_filter_grad(Tensor grad_out, Tensor x_padded) -> Tensor");
+  m.def("adaptive_conv_input_grad(Tensor grad_out, Tensor filters) -> Tensor");
   // The fused JBU layer and its padded bicubic upsampling (jbu_cpu.cpp; CPU only: elsewhere featup composes
   // the layer from adaptive_conv and PyTorch ops).
   m.def("jbu_layer_forward(Tensor source_padded, Tensor queries, Tensor keys_padded, Tensor guidance, "

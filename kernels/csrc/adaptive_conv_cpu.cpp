@@ -17,7 +17,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
@@ -35,16 +34,24 @@ template <typename scalar_t, int D>
 at::Tensor tap_planes(const scalar_t* filters, const AdaptiveConvShape& s, at::ScalarType acc_dtype) {
   constexpr int64_t P = D * D;
   const int64_t H = s.H, W = s.W, Hz = H + 2 * (D - 1), Wz = W + 2 * (D - 1);
-  at::Tensor kz = at::zeros({s.B, P, Hz, Wz}, at::TensorOptions().dtype(acc_dtype));
+  // Every element is written once (border rows and columns with 0): no separate zero-fill pass.
+  at::Tensor kz = at::empty({s.B, P, Hz, Wz}, at::TensorOptions().dtype(acc_dtype));
   using T = at::opmath_type<scalar_t>;
   T* out = kz.mutable_data_ptr<T>();
-  at::parallel_for(0, s.B * H, 1, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, s.B * Hz, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / H, y = r % H;
-      const scalar_t* k = filters + r * W * P;
-      T* base = out + (b * P * Hz + y + D - 1) * Wz + D - 1;
+      const int64_t b = r / Hz, y = r % Hz - (D - 1);
+      T* row = out + b * P * Hz * Wz + (r % Hz) * Wz;
+      if (y < 0 || y >= H) {
+        for (int64_t p = 0; p < P; ++p) std::fill_n(row + p * Hz * Wz, Wz, T(0));
+        continue;
+      }
+      const scalar_t* k = filters + (b * H + y) * W * P;
       for (int64_t p = 0; p < P; ++p) {
-        for (int64_t x = 0; x < W; ++x) base[p * Hz * Wz + x] = static_cast<T>(k[x * P + p]);
+        T* plane_row = row + p * Hz * Wz;
+        std::fill_n(plane_row, D - 1, T(0));
+        std::fill_n(plane_row + D - 1 + W, D - 1, T(0));
+        for (int64_t x = 0; x < W; ++x) plane_row[D - 1 + x] = static_cast<T>(k[x * P + p]);
       }
     }
   });
@@ -209,11 +216,53 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out, cons
   return {dx, dk};
 }
 
+// One half of backward_cpu each, for callers that need only that gradient (the range logits' neighbour
+// products). The output is allocated first and checked with the backward's checks as the missing argument.
+at::Tensor filter_grad_cpu(const at::Tensor& grad_out, const at::Tensor& x_padded) {
+  constexpr const char* op = "featup::adaptive_conv_filter_grad";
+  TORCH_CHECK(grad_out.dim() == 4 && x_padded.dim() == 4 && x_padded.size(2) >= grad_out.size(2), op,
+              ": got grad_out ", grad_out.sizes(), " and x_padded ", x_padded.sizes(),
+              ", expected (B, C, H, W) and (B, C, H+d-1, W+d-1)");
+  const int64_t d = x_padded.size(2) - grad_out.size(2) + 1;
+  at::Tensor dk = at::empty({grad_out.size(0), grad_out.size(2), grad_out.size(3), d, d}, x_padded.options());
+  const AdaptiveConvShape s = check_backward_args(grad_out, x_padded, dk, op);
+  if (s.B * s.H * s.W == 0) return dk;
+  const at::Tensor g = grad_out.contiguous(), x = x_padded.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adaptive_conv_filter_grad_cpu", [&] {
+    dispatch_window(s.d, op, [&](auto window) {
+      filter_grad_kernel<scalar_t, decltype(window)::value>(
+          g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), dk.mutable_data_ptr<scalar_t>(), s);
+    });
+  });
+  return dk;
+}
+
+at::Tensor input_grad_cpu(const at::Tensor& grad_out, const at::Tensor& filters) {
+  constexpr const char* op = "featup::adaptive_conv_input_grad";
+  TORCH_CHECK(grad_out.dim() == 4 && filters.dim() == 5, op, ": got grad_out ", grad_out.sizes(), " and filters ",
+              filters.sizes(), ", expected (B, C, H, W) and (B, H, W, d, d)");
+  const int64_t d = filters.size(3);
+  at::Tensor dx = at::empty({grad_out.size(0), grad_out.size(1), grad_out.size(2) + d - 1, grad_out.size(3) + d - 1},
+                            grad_out.options());
+  const AdaptiveConvShape s = check_backward_args(grad_out, dx, filters, op);
+  if (s.B * s.H * s.W == 0) return dx.zero_();
+  const at::Tensor g = grad_out.contiguous(), k = filters.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "adaptive_conv_input_grad_cpu", [&] {
+    dispatch_window(s.d, op, [&](auto window) {
+      input_grad_kernel<scalar_t, decltype(window)::value>(
+          g.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), s);
+    });
+  });
+  return dx;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(featup, CPU, m) {
   m.impl("adaptive_conv_forward", &forward_cpu);
   m.impl("adaptive_conv_backward", &backward_cpu);
+  m.impl("adaptive_conv_filter_grad", &filter_grad_cpu);
+  m.impl("adaptive_conv_input_grad", &input_grad_cpu);
 }
 
 }  // namespace featup

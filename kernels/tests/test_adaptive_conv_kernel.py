@@ -121,6 +121,28 @@ def test_forward_and_gradients_match_reference(ops, device, shape):
     assert (dk.abs().flatten(3).amax(dim=(0, 1, 2)) > 0).all()
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_single_gradient_ops_equal_the_halves_of_the_backward(ops, shape, dtype):
+    # The CPU-only ops that the range logits' neighbour products use in place of the two-gradient backward.
+    x, k, grad = random_problem(shape, dtype=dtype)
+    dx, dk = ops.adaptive_conv_backward(grad, x, k)
+    assert torch.equal(ops.adaptive_conv_filter_grad(grad, x), dk)
+    assert torch.equal(ops.adaptive_conv_input_grad(grad, k), dx)
+    torch.library.opcheck(ops.adaptive_conv_filter_grad.default, (grad, x))
+    torch.library.opcheck(ops.adaptive_conv_input_grad.default, (grad, k))
+
+
+def test_single_gradient_ops_reject_bad_shapes(ops):
+    x, k, grad = random_problem((1, 2, 4, 4, 3))
+    with pytest.raises(RuntimeError, match="square odd window"):
+        ops.adaptive_conv_filter_grad(grad, x[..., :-1, :-1])
+    with pytest.raises(RuntimeError, match="expected the forward output's shape"):
+        ops.adaptive_conv_filter_grad(grad[:, :1], x)
+    with pytest.raises(RuntimeError, match="batch sizes differ"):
+        ops.adaptive_conv_input_grad(torch.cat([grad, grad]), k)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("dtype", "rel"), [(torch.float16, 2**-9), (torch.bfloat16, 2**-6)])
 def test_half_precision_within_rounding(ops, device, dtype, rel):
