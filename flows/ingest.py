@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -9,6 +10,7 @@ from typing import Annotated, Any, Literal
 from prefect import flow
 from pydantic import Field
 
+from featup.data.layouts import get_layout
 from featup.data.layouts._tree import IMAGE_SUFFIXES
 from featup_flows.params import ParameterError, check_local_input
 from featup_tasks.data import ingest_dataset
@@ -26,9 +28,20 @@ def _has_image(root: str) -> bool:
     return False
 
 
+def _layout_options(layout: str) -> list[str]:
+    """The options a layout's reader takes (its keyword-only parameters), and the shard image format."""
+    reader = inspect.signature(get_layout(layout)).parameters.values()
+    return sorted({p.name for p in reader if p.kind is p.KEYWORD_ONLY} - {"storage_options"} | {"image_format"})
+
+
 def check_arguments(params: Mapping[str, Any]) -> None:
-    """The source fits the layout: "-" for the offline sets, an existing folder with images for the others."""
+    """The source fits the layout: "-" for the offline sets, an existing folder with images for the others; the
+    options are ones the layout takes."""
     source, layout = params["source"], params["layout"]
+    unknown = sorted(set(params.get("options") or {}) - set(_layout_options(layout)))
+    if unknown:
+        raise ParameterError("options", f"the {layout} layout takes no option {unknown[0]!r}; it takes "
+                                        f"{', '.join(_layout_options(layout))}")
     if layout == "fashion_mosaics":  # "-" (Debian's package) or a folder holding the Fashion-MNIST IDX files
         check_local_input("source", source)
         return

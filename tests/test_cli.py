@@ -130,6 +130,8 @@ BAD_ARGUMENTS = [
     (["ingest", "--source", "{tmp}/empty", "--output", "{tmp}/out"], "--source: no image files"),
     (["ingest", "--source", "-", "--output", "{tmp}/out"], "--source: the folder layout reads a dataset folder"),
     (["ingest", "--source", "{tmp}", "--output", "{tmp}/out", "--layout", "photos"], "pass --source -"),
+    (["ingest", "--source", "-", "--output", "{tmp}/out", "--layout", "photos", "--options", '{{"n": 4}}'],
+     "--options: the photos layout takes no option 'n'; it takes crops_per_photo, image_format, seed, size"),
     (["ingest", "--source", "-", "--output", "{tmp}/out", "--layout", "photos", "--shard-samples", "0"],
      "--shard-samples: input should be greater than or equal to 1"),
     (["train-jbu", "--shards", "{tmp}", "--checkpoint", "c.pt", "--device", "gpu"], "--device: string should match"),
