@@ -226,3 +226,23 @@ def test_on_cuda_pinned_non_blocking_copies_store_what_the_cpu_stores(tmp_path, 
         assert report.written == 2
     cpu, cuda = (open_feature_store(s.url).to_xarray().features.values for s in stores.values())
     np.testing.assert_allclose(cuda, cpu, rtol=2e-2, atol=2e-2)
+
+
+def test_models_rebuilt_from_a_spec_are_the_ones_it_records_and_other_weights_are_refused(tmp_path, backbone):
+    from featup.checkpoints import save_checkpoint
+    from featup.pipeline import build_models, feature_spec
+    from featup.upsamplers import create_upsampler
+
+    upsampler = load_upsampler("jbu", backbone=backbone.id, dim=backbone.dim)
+    spec = feature_spec("m", backbone, "jbu", upsampler, size=(SIZE, SIZE))
+    rebuilt, up = build_models(spec)
+    assert rebuilt.weights_sha256 == backbone.weights_sha256 and rebuilt.tap == spec.tap
+    torch.testing.assert_close(up.state_dict(), upsampler.state_dict())
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, create_upsampler("jbu", dim=backbone.dim), {"backbone": backbone.id})
+    with pytest.raises(ValueError, match="the store was made with"):
+        build_models(spec, checkpoint=StorageRoot(str(other)))
+    stride32 = load_backbone("efficientnet_lite0", tap="stride32")
+    spec32 = feature_spec("m", stride32, "bilinear", load_upsampler("bilinear"), size=(SIZE, SIZE))
+    assert spec32.backbone == "efficientnet_lite0-stride32"
+    assert build_models(spec32)[0].tap == "stride32"
