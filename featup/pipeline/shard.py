@@ -10,9 +10,7 @@
 4. once every sample of the shard is written or recorded bad, the shard's completion record is written
    (``ShardWriter.commit``). An interrupted shard stays pending and a re-run redoes it.
 
-The store's spec is the models' recipe: :func:`feature_spec` writes it from the models that make a
-store, :func:`build_models` rebuilds them from it on any host and :func:`check_models` refuses models
-whose weights differ from those the store records.
+The models it is given are the store's recipe (``featup.pipeline.models``).
 """
 
 from __future__ import annotations
