@@ -64,18 +64,18 @@ def bicubic_pad(source: torch.Tensor, size: Sequence[int], radius: int, *, backe
 
 
 def jbu_layer_forward(source_padded: torch.Tensor, queries: torch.Tensor, keys_padded: torch.Tensor,
-                      guidance: torch.Tensor, spatial_logits: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
-                      w2: torch.Tensor, b2: torch.Tensor, hidden_scale: torch.Tensor) -> torch.Tensor:
+                      guidance: torch.Tensor, spatial_logits: torch.Tensor, temperature: float, w1: torch.Tensor,
+                      b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, hidden_scale: torch.Tensor) -> torch.Tensor:
     """One JBU layer from its queries on: B×C×(H+d−1)×(W+d−1) padded source → B×C×H×W (no gradient).
 
-    ``out[b,c,y,x] = Σ_p K[b,p,y,x] · source_padded[b,c,y+i,x+j]`` with ``S = softmax_p(⟨queries[b,:,y,x],
+    ``out[b,c,y,x] = Σ_p K[b,p,y,x] · source_padded[b,c,y+i,x+j]`` with ``S = softmax_p(τ·⟨queries[b,:,y,x],
     keys_padded[b,:,y+i,x+j]⟩ + spatial_logits[p])`` and ``K = S + 0.1·(w2·(hidden_scale[b] ⊙ GELU(w1·[S;
     guidance] + b1)) + b2)``. Shapes: queries B×Q×H×W, keys_padded B×Q×(H+d−1)×(W+d−1), guidance B×g×H×W,
     spatial_logits d², w1 d²×(d²+g), b1 and b2 d², w2 d²×d², hidden_scale B×d² (the Dropout2d mask, or ones).
     Call only where ``fused_layer_available``.
     """
     return torch.ops.featup.jbu_layer_forward.default(source_padded, queries, keys_padded, guidance, spatial_logits,
-                                                      w1, b1, w2, b2, hidden_scale)
+                                                      temperature, w1, b1, w2, b2, hidden_scale)
 
 
 def _register_python_side() -> None:
@@ -86,7 +86,8 @@ def _register_python_side() -> None:
                                     setup_context=_bicubic_setup_context)
 
 
-def _layer_fake(source_padded, queries, keys_padded, guidance, spatial_logits, w1, b1, w2, b2, hidden_scale):
+def _layer_fake(source_padded, queries, keys_padded, guidance, spatial_logits, temperature, w1, b1, w2, b2,
+                hidden_scale):
     b, _, h, w = queries.shape
     return queries.new_empty((b, source_padded.shape[1], h, w))
 

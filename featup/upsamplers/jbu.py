@@ -211,9 +211,10 @@ class JBULayer(nn.Module):
         first, _, dropout, second = self.fixup_proj
         batch, taps = guidance.shape[0], self.diameter**2
         return jbu_layer_forward(
-            bicubic_pad(source, guidance.shape[-2:], r), queries * self._temperature().to(queries.dtype), keys_padded,
-            guidance, spatial_logits(self.diameter, self.sigma_spatial).to(guidance.dtype), first.weight.flatten(1),
-            first.bias, second.weight.flatten(1), second.bias, _dropout2d_scale(dropout, batch, taps, guidance),
+            bicubic_pad(source, guidance.shape[-2:], r), queries, keys_padded, guidance,
+            spatial_logits(self.diameter, self.sigma_spatial).to(guidance.dtype), float(self._temperature()),
+            first.weight.flatten(1), first.bias, second.weight.flatten(1), second.bias,
+            _dropout2d_scale(dropout, batch, taps, guidance),
         )
 
 
@@ -280,7 +281,9 @@ class JBUStack(nn.Module):
         # out + 0.1·(W·drop(out) + b) with out = layers(x) equals layers(x + 0.1·W·drop(x)) + 0.1·b: the
         # layers are linear and the same for every channel, so the 1×1 fixup runs on the low-res grid.
         fixed = features + 0.1 * F.conv2d(dropout(features), conv.weight)
-        return self._run_layers(fixed, image, output_size) + 0.1 * conv.bias[:, None, None].to(features.dtype)
+        out = self._run_layers(fixed, image, output_size)
+        # In place: the layers' output is a fresh tensor no backward needs, and this is one pass over the largest one.
+        return out.add_(0.1 * conv.bias[:, None, None].to(out.dtype))
 
     def _run_layers(self, features: torch.Tensor, image: torch.Tensor,
                     output_size: int | Sequence[int] | None) -> torch.Tensor:

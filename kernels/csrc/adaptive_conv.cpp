@@ -26,7 +26,7 @@ TORCH_LIBRARY(featup, m) {
   // The fused JBU layer and its padded bicubic upsampling (jbu_cpu.cpp; CPU only: elsewhere featup composes
   // the layer from adaptive_conv and PyTorch ops).
   m.def("jbu_layer_forward(Tensor source_padded, Tensor queries, Tensor keys_padded, Tensor guidance, "
-        "Tensor spatial_logits, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor hidden_scale) -> Tensor");
+        "Tensor spatial_logits, float temperature, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor hidden_scale) -> Tensor");
   m.def("bicubic_pad_forward(Tensor source, int height, int width, int pad) -> Tensor");
   m.def("bicubic_pad_backward(Tensor grad_out, int source_height, int source_width, int pad) -> Tensor");
 }

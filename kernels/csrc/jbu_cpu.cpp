@@ -6,7 +6,7 @@
 // registers (softmax with the spatial logits, then the fixup MLP on [filters, guidance]), and applies those
 // filters to every channel of the padded source (stencil_row, as the adaptive conv's forward):
 //
-//   S[p]   = softmax_p(<q[b,:,y,x], k_padded[b,:,y+i,x+j]> + spatial[p])          p = i·d + j
+//   S[p]   = softmax_p(τ·<q[b,:,y,x], k_padded[b,:,y+i,x+j]> + spatial[p])        p = i·d + j
 //   h[o]   = hidden_scale[b,o] · GELU(b1[o] + Σ_t w1[o,t]·S[t] + Σ_g w1[o,d²+g]·guidance[b,g,y,x])
 //   K[p]   = S[p] + 0.1 · (b2[p] + Σ_o w2[p,o]·h[o])
 //   out[b,c,y,x] = Σ_p K[p] · source_padded[b,c,y+i,x+j]
@@ -136,6 +136,7 @@ template <typename T>
 template <typename T>
 struct FilterWeights {
   const T *spatial, *w1, *b1, *w2, *b2;
+  T temperature;     // τ
   int64_t guidance;  // g: w1 is d²×(d²+g)
 };
 
@@ -150,9 +151,9 @@ FEATUP_CPU_CLONES void filter_tile(const T* logits, const T* guidance, int64_t s
   alignas(64) T in[(P + kMaxGuidance) * L], hidden[P * L], fix[P * L];
   for (int64_t g = 0; g < G; ++g) std::copy_n(guidance + g * stride, L, in + (P + g) * L);
   for (int64_t k = 0; k < L; k += N) {
-    LanesOf<T> top = load_lanes(logits + k) + fw.spatial[0];
+    LanesOf<T> top = load_lanes(logits + k) * fw.temperature + fw.spatial[0];
     for (int p = 0; p < P; ++p) {
-      const LanesOf<T> v = load_lanes(logits + p * stride + k) + fw.spatial[p];
+      const LanesOf<T> v = load_lanes(logits + p * stride + k) * fw.temperature + fw.spatial[p];
       store_lanes(in + p * L + k, v);
       top = v > top ? v : top;
     }
@@ -220,7 +221,8 @@ void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* op, 
 
 at::Tensor jbu_layer_forward_cpu(const at::Tensor& source_padded, const at::Tensor& queries,
                                  const at::Tensor& keys_padded, const at::Tensor& guidance,
-                                 const at::Tensor& spatial_logits, const at::Tensor& w1, const at::Tensor& b1,
+                                 const at::Tensor& spatial_logits, double temperature, const at::Tensor& w1,
+                                 const at::Tensor& b1,
                                  const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& hidden_scale) {
   constexpr const char* op = "featup::jbu_layer_forward";
   TORCH_CHECK(queries.dim() == 4 && guidance.dim() == 4 && source_padded.dim() == 4, op,
@@ -254,7 +256,7 @@ at::Tensor jbu_layer_forward_cpu(const at::Tensor& source_padded, const at::Tens
   AT_DISPATCH_FLOATING_TYPES(dtype, "jbu_layer_forward_cpu", [&] {
     const FilterWeights<scalar_t> fw{sp.const_data_ptr<scalar_t>(), w1c.const_data_ptr<scalar_t>(),
                                      b1c.const_data_ptr<scalar_t>(), w2c.const_data_ptr<scalar_t>(),
-                                     b2c.const_data_ptr<scalar_t>(), s.G};
+                                     b2c.const_data_ptr<scalar_t>(), static_cast<scalar_t>(temperature), s.G};
     dispatch_window(d, op, [&](auto window) {
       jbu_layer_kernel<scalar_t, decltype(window)::value>(
           s, src.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
@@ -264,30 +266,34 @@ at::Tensor jbu_layer_forward_cpu(const at::Tensor& source_padded, const at::Tens
   return out;
 }
 
-// One axis of the padded bicubic resampling: padded output index o reads the 4 source indices index[4·o + k]
-// with weights weight[4·o + k]. Indices, lambdas and weights follow ATen's upsample_bicubic2d (align_corners=False,
-// no scale factor: scale = in / out, computed in the data's type); output index o is the resampled index
-// reflect(o − pad).
+// One axis of the padded bicubic resampling: padded output index o reads the 4 source indices index[k·n + o] with
+// weights weight[k·n + o] (n outputs; tap-major, so that the row pass gathers with vector loads). Indices, lambdas
+// and weights follow ATen's upsample_bicubic2d (align_corners=False, no scale factor: scale = in / out, computed in
+// the data's type); output index o is the resampled index reflect(o − pad).
 template <typename T>
 struct CubicAxis {
-  std::vector<int64_t> index;
+  int64_t n;
+  std::vector<int32_t> index;
   std::vector<T> weight;
 
-  CubicAxis(int64_t in, int64_t out, int64_t pad) : index(4 * (out + 2 * pad)), weight(4 * (out + 2 * pad)) {
+  CubicAxis(int64_t in, int64_t out, int64_t pad) : n(out + 2 * pad), index(4 * n), weight(4 * n) {
+    TORCH_CHECK(in < (int64_t(1) << 31), "featup::bicubic_pad: got a source side of ", in, ", expected < 2^31");
     constexpr T A = T(-0.75);
     const T scale = static_cast<T>(in) / static_cast<T>(out);
-    for (int64_t o = 0; o < out + 2 * pad; ++o) {
+    for (int64_t o = 0; o < n; ++o) {
       int64_t dst = o - pad;
       dst = dst < 0 ? -dst : (dst >= out ? 2 * (out - 1) - dst : dst);
       const T real = scale * (static_cast<T>(dst) + T(0.5)) - T(0.5);
       const int64_t base = std::min(static_cast<int64_t>(std::floor(real)), in - 1);
       const T t = std::min(std::max(real - static_cast<T>(base), T(0)), T(1));
       const T x1 = t + T(1), x2 = T(1) - t, x3 = x2 + T(1);
-      weight[4 * o + 0] = ((A * x1 - T(5) * A) * x1 + T(8) * A) * x1 - T(4) * A;
-      weight[4 * o + 1] = ((A + T(2)) * t - (A + T(3))) * t * t + T(1);
-      weight[4 * o + 2] = ((A + T(2)) * x2 - (A + T(3))) * x2 * x2 + T(1);
-      weight[4 * o + 3] = ((A * x3 - T(5) * A) * x3 + T(8) * A) * x3 - T(4) * A;
-      for (int64_t k = 0; k < 4; ++k) index[4 * o + k] = std::min(std::max(base - 1 + k, int64_t(0)), in - 1);
+      weight[0 * n + o] = ((A * x1 - T(5) * A) * x1 + T(8) * A) * x1 - T(4) * A;
+      weight[1 * n + o] = ((A + T(2)) * t - (A + T(3))) * t * t + T(1);
+      weight[2 * n + o] = ((A + T(2)) * x2 - (A + T(3))) * x2 * x2 + T(1);
+      weight[3 * n + o] = ((A * x3 - T(5) * A) * x3 + T(8) * A) * x3 - T(4) * A;
+      for (int64_t k = 0; k < 4; ++k) {
+        index[k * n + o] = static_cast<int32_t>(std::min(std::max(base - 1 + k, int64_t(0)), in - 1));
+      }
     }
   }
 };
@@ -296,19 +302,17 @@ struct CubicAxis {
 template <typename T>
 FEATUP_CPU_CLONES void bicubic_plane(const T* src, int64_t h, int64_t w, const CubicAxis<T>& ax,
                                      const CubicAxis<T>& ay, int64_t Ho, int64_t Wo, T* rows, T* out) {
+  const int32_t *i0 = ax.index.data(), *i1 = i0 + Wo, *i2 = i1 + Wo, *i3 = i2 + Wo;
+  const T *c0 = ax.weight.data(), *c1 = c0 + Wo, *c2 = c1 + Wo, *c3 = c2 + Wo;
   for (int64_t yy = 0; yy < h; ++yy) {
     const T* s = src + yy * w;
     T* r = rows + yy * Wo;
-    for (int64_t X = 0; X < Wo; ++X) {
-      const int64_t* i = ax.index.data() + 4 * X;
-      const T* c = ax.weight.data() + 4 * X;
-      r[X] = c[0] * s[i[0]] + c[1] * s[i[1]] + c[2] * s[i[2]] + c[3] * s[i[3]];
-    }
+    for (int64_t X = 0; X < Wo; ++X) r[X] = c0[X] * s[i0[X]] + c1[X] * s[i1[X]] + c2[X] * s[i2[X]] + c3[X] * s[i3[X]];
   }
   for (int64_t Y = 0; Y < Ho; ++Y) {
-    const int64_t* i = ay.index.data() + 4 * Y;
-    const T* c = ay.weight.data() + 4 * Y;
-    const T *r0 = rows + i[0] * Wo, *r1 = rows + i[1] * Wo, *r2 = rows + i[2] * Wo, *r3 = rows + i[3] * Wo;
+    const T c[4] = {ay.weight[Y], ay.weight[Ho + Y], ay.weight[2 * Ho + Y], ay.weight[3 * Ho + Y]};
+    const T *r0 = rows + ay.index[Y] * Wo, *r1 = rows + ay.index[Ho + Y] * Wo, *r2 = rows + ay.index[2 * Ho + Y] * Wo,
+            *r3 = rows + ay.index[3 * Ho + Y] * Wo;
     T* o = out + Y * Wo;
     for (int64_t X = 0; X < Wo; ++X) o[X] = c[0] * r0[X] + c[1] * r1[X] + c[2] * r2[X] + c[3] * r3[X];
   }
@@ -320,12 +324,10 @@ FEATUP_CPU_CLONES void bicubic_plane_adjoint(const T* grad, int64_t h, int64_t w
                                              const CubicAxis<T>& ay, int64_t Ho, int64_t Wo, T* rows, T* dsrc) {
   std::fill(rows, rows + h * Wo, T(0));
   for (int64_t Y = 0; Y < Ho; ++Y) {
-    const int64_t* i = ay.index.data() + 4 * Y;
-    const T* c = ay.weight.data() + 4 * Y;
     const T* g = grad + Y * Wo;
     for (int64_t k = 0; k < 4; ++k) {
-      T* r = rows + i[k] * Wo;
-      const T ck = c[k];
+      T* r = rows + ay.index[k * Ho + Y] * Wo;
+      const T ck = ay.weight[k * Ho + Y];
       for (int64_t X = 0; X < Wo; ++X) r[X] += ck * g[X];
     }
   }
@@ -333,10 +335,10 @@ FEATUP_CPU_CLONES void bicubic_plane_adjoint(const T* grad, int64_t h, int64_t w
   for (int64_t yy = 0; yy < h; ++yy) {
     const T* r = rows + yy * Wo;
     T* d = dsrc + yy * w;
-    for (int64_t X = 0; X < Wo; ++X) {
-      const int64_t* i = ax.index.data() + 4 * X;
-      const T* c = ax.weight.data() + 4 * X;
-      for (int64_t k = 0; k < 4; ++k) d[i[k]] += c[k] * r[X];
+    for (int64_t k = 0; k < 4; ++k) {
+      const int32_t* i = ax.index.data() + k * Wo;
+      const T* c = ax.weight.data() + k * Wo;
+      for (int64_t X = 0; X < Wo; ++X) d[i[X]] += c[X] * r[X];
     }
   }
 }

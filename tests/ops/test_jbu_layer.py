@@ -162,14 +162,14 @@ def test_fused_layer_does_not_depend_on_thread_count():
 def test_fused_op_rejects_bad_shapes():
     b, q, h, w, d = 1, 4, 6, 7, 3
     args = [torch.zeros(b, 2, h + d - 1, w + d - 1), torch.zeros(b, q, h, w), torch.zeros(b, q, h + d - 1, w + d - 1),
-            torch.zeros(b, 3, h, w), torch.zeros(d * d), torch.zeros(9, 12), torch.zeros(9), torch.zeros(9, 9),
+            torch.zeros(b, 3, h, w), torch.zeros(d * d), 1.0, torch.zeros(9, 12), torch.zeros(9), torch.zeros(9, 9),
             torch.zeros(9), torch.ones(b, 9)]
     assert torch.ops.featup.jbu_layer_forward(*args).shape == (b, 2, h, w)
     bad_keys = [*args[:2], torch.zeros(b, q, h, w), *args[3:]]
     with pytest.raises(RuntimeError, match="got keys_padded of shape"):
         torch.ops.featup.jbu_layer_forward(*bad_keys)
-    bad_w1 = [*args[:5], torch.zeros(9, 9), *args[6:]]
+    bad_w1 = [*args[:6], torch.zeros(9, 9), *args[7:]]
     with pytest.raises(RuntimeError, match="got w1 of shape"):
         torch.ops.featup.jbu_layer_forward(*bad_w1)
     with pytest.raises(RuntimeError, match="expected float32 or float64"):
-        torch.ops.featup.jbu_layer_forward(*[a.bfloat16() for a in args])
+        torch.ops.featup.jbu_layer_forward(*[a if isinstance(a, float) else a.bfloat16() for a in args])
