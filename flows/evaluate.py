@@ -9,8 +9,6 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from featup_flows.params import ParameterError, check_backbone, check_local_input
-from featup_tasks.data import read_samples
-from featup_tasks.evaluation import publish_report, render_report, score_upsamplers
 
 # What a report row can be: the backbone's own features, or a registered upsampler (a test keeps this in step
 # with featup.upsamplers.list_upsamplers()). The form shows them as choices.
@@ -105,6 +103,11 @@ def evaluate(
         storage_secret: Name of a Prefect Secret block holding fsspec storage options as JSON.
     """
     check_arguments(locals())
+    # Imported here, not at the top: `featup evaluate --help` and its argument checks then skip torch and the
+    # report's plotting stack (seconds on a small machine).
+    from featup_tasks.data import read_samples
+    from featup_tasks.evaluation import publish_report, render_report, score_upsamplers
+
     logger = get_run_logger()
     read = dict(size=image_size, limit=max_images, storage_secret=storage_secret)
     seg_train = seg_test = depth_train = depth_test = cam = None

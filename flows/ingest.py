@@ -10,10 +10,7 @@ from typing import Annotated, Any, Literal
 from prefect import flow
 from pydantic import Field
 
-from featup.data.layouts import get_layout
-from featup.data.layouts._tree import IMAGE_SUFFIXES
 from featup_flows.params import ParameterError, check_local_input
-from featup_tasks.data import ingest_dataset
 
 Layout = Literal["folder", "cocostuff", "ade20k", "fashion_mosaics", "depth_scenes", "photos", "pool"]
 # Layouts built from installed packages: their source is "-".
@@ -22,6 +19,8 @@ OFFLINE = ("fashion_mosaics", "depth_scenes", "photos", "pool")
 
 def _has_image(root: str) -> bool:
     """Whether a local folder holds at least one image file (stops at the first: a dataset can be large)."""
+    from featup.data.layouts._tree import IMAGE_SUFFIXES
+
     for _, _, files in os.walk(root):
         if any(f.lower().endswith(IMAGE_SUFFIXES) for f in files):
             return True
@@ -30,6 +29,8 @@ def _has_image(root: str) -> bool:
 
 def _layout_options(layout: str) -> list[str]:
     """The options a layout's reader takes (its keyword-only parameters), and the shard image format."""
+    from featup.data.layouts import get_layout
+
     reader = inspect.signature(get_layout(layout)).parameters.values()
     return sorted({p.name for p in reader if p.kind is p.KEYWORD_ONLY} - {"storage_options"} | {"image_format"})
 
@@ -57,8 +58,7 @@ def check_arguments(params: Mapping[str, Any]) -> None:
         if not os.path.isdir(source):
             raise ParameterError("source", f"{source} is a file, not a dataset folder")
         if not _has_image(source):
-            raise ParameterError("source", f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {source}: "
-                                           "check the path (and `layout`)")
+            raise ParameterError("source", f"no image files under {source}: check the path (and `layout`)")
 
 
 @flow(name="ingest", log_prints=True)
@@ -92,5 +92,8 @@ def ingest(
         storage_secret: Name of a Prefect Secret block holding fsspec storage options as JSON.
     """
     check_arguments(locals())
+    # Imported here so that `featup ingest --help` skips torch and webdataset (seconds on a small machine).
+    from featup_tasks.data import ingest_dataset
+
     return ingest_dataset(layout, source, output, name=name, max_count=shard_samples, max_mb=shard_mb,
                           overwrite=overwrite, storage_secret=storage_secret, options=dict(options or {}))

@@ -9,8 +9,6 @@ from prefect import flow
 from pydantic import Field
 
 from featup_flows.params import check_backbone, check_local_input
-from featup_tasks.data import read_samples
-from featup_tasks.training import train_jbu_task
 
 Count = Annotated[int, Field(ge=1)]
 
@@ -76,6 +74,10 @@ def train_jbu(
         storage_secret: Name of a Prefect Secret block holding fsspec storage options as JSON.
     """
     check_arguments(locals())
+    # Imported here so that `featup train-jbu --help` and its argument checks skip torch (seconds).
+    from featup_tasks.data import read_samples
+    from featup_tasks.training import train_jbu_task
+
     samples = read_samples(shards, size=image_size, limit=max_images, storage_secret=storage_secret)
     images = [s["image"] for s in samples]
     if not images:

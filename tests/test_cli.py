@@ -160,6 +160,16 @@ def test_bad_arguments_fail_in_one_line_with_status_2_before_any_server(argv, sa
     assert "Prefect API" not in captured.err  # the line printed when a run starts its API
 
 
+@pytest.mark.parametrize("command", ["evaluate", "ingest", "train-jbu"])
+def test_flow_help_loads_neither_torch_nor_a_server(command):
+    """`--help` imports the flow (Prefect) but not what its tasks need: seconds, not ten."""
+    probe = ("import sys\nfrom featup_flows.cli import main\ntry:\n    main([sys.argv[1], '--help'])\n"
+             "except SystemExit as e:\n    assert e.code == 0\nprint(sorted({'torch', 'timm', 'matplotlib'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe, command], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"usage: featup {command}" in done.stdout and done.stdout.strip().endswith("[]"), done.stdout[-300:]
+
+
 def test_bad_argument_from_the_console_command_is_one_line_without_traceback(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path)}
     featup = Path(sys.executable).parent / "featup"
