@@ -12,7 +12,6 @@ from pydantic import Field
 from featup_flows.evaluate import ImageSide, Upsampler, evaluate
 from featup_flows.ingest import ingest
 from featup_flows.params import ParameterError, check_backbone
-from featup_flows.precompute import precompute_features
 
 
 def check_arguments(params: Mapping[str, Any]) -> None:
@@ -43,6 +42,9 @@ def demo(
         upsamplers: What the report compares: lowres (the backbone's own features) and upsamplers.
     """
     check_arguments(locals())
+    # Imported here so that `featup demo --help` and its argument checks skip torch (seconds).
+    from featup_flows.precompute import precompute_features
+
     out = out.rstrip("/")
     photos = ingest("-", f"{out}/shards/photos", layout="photos", options={"size": image_size}, overwrite=True)
     seg = ingest("-", f"{out}/shards/mosaics", layout="fashion_mosaics",

@@ -160,7 +160,7 @@ def test_bad_arguments_fail_in_one_line_with_status_2_before_any_server(argv, sa
     assert "Prefect API" not in captured.err  # the line printed when a run starts its API
 
 
-@pytest.mark.parametrize("command", ["evaluate", "ingest", "train-jbu"])
+@pytest.mark.parametrize("command", ["evaluate", "ingest", "train-jbu", "demo"])
 def test_flow_help_loads_neither_torch_nor_a_server(command):
     """`--help` imports the flow (Prefect) but not what its tasks need: seconds, not ten."""
     probe = ("import sys\nfrom featup_flows.cli import main\ntry:\n    main([sys.argv[1], '--help'])\n"
