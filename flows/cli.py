@@ -260,9 +260,6 @@ def run_flow(command: str, argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         print(f"featup {command}: interrupted; re-running resumes where it stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except ParameterError as e:  # a check that needed the run (e.g. a manifest's contents)
-        print(f"featup {command}: error: {e.for_cli()}", file=sys.stderr)
-        return EXIT_FAILED
     except Exception as e:
         if debug:
             traceback.print_exc()
