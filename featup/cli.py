@@ -102,13 +102,11 @@ def _backbones(args: argparse.Namespace) -> int:
 
 def _read_photo(path: str):
     """A photo file (local path or fsspec URL) as H×W×3 uint8; the error names the file and what is wrong."""
-    import fsspec
-
     from featup.data.images import ImageError, decode_rgb
+    from featup.io import read_bytes
 
     try:
-        with fsspec.open(path, "rb") as f:
-            data = f.read()
+        data = read_bytes(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such image file") from None
     try:
@@ -122,6 +120,7 @@ def _pca(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from featup.backbones import load_backbone, resize_to_stride
+    from featup.io import exists
     from featup.photos import sample_photos, to_tensor
     from featup.upsamplers import list_upsamplers, load_upsampler
     from featup.viz import pca_rgb, save_png, side_by_side
@@ -147,20 +146,13 @@ def _pca(args: argparse.Namespace) -> int:
         grid = f"{low.shape[-2]}×{low.shape[-1]}"
         titles = ["image", f"{LOWRES} {grid}", *(f"{n} {size[0]}×{size[1]}" for n in upsamplers)]
         url = f"{args.out.rstrip('/')}/{name}-{backbone.name}-{args.size}px.png"
-        replaced += _exists(url)
+        replaced += exists(url)
         written.append(save_png(side_by_side([image[0], *rgbs], size=size, titles=titles), url))
     print(f"wrote {len(written)} PCA images (image | {LOWRES} {backbone.name} | {' | '.join(upsamplers)}) to "
           f"{args.out}" + (f", replacing {replaced} of the same name" if replaced else "") + ":")
     for url in written:
         print(f"  {url}")
     return 0
-
-
-def _exists(url: str) -> bool:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs.exists(path)
 
 
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:

@@ -7,13 +7,13 @@ import os
 import sys
 from typing import Any
 
-import fsspec
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from featup.backbones import MissingWeightsError
 from featup.eval import CompareSettings, StoredFeatures, compare_upsamplers, write_report
 from featup.eval.report import report_markdown, table_records
+from featup.io import filesystem, read_bytes
 from featup.pipeline import ImplicitPerImage
 from featup.store import open_feature_store
 from featup.upsamplers import list_upsamplers, load_upsampler
@@ -99,7 +99,7 @@ def browser_url(url: str, storage: dict[str, Any]) -> str | None:
         return url
     if "://" not in url or url.startswith("file://"):
         return None
-    fs, path = fsspec.core.url_to_fs(url, **storage)
+    fs, path = filesystem(url, storage)
     try:
         return fs.sign(path, expiration=LINK_SECONDS)
     except NotImplementedError:  # a filesystem without signed links (memory://, ...)
@@ -108,8 +108,7 @@ def browser_url(url: str, storage: dict[str, Any]) -> str | None:
 
 def _inline_png(url: str, storage: dict[str, Any]) -> str:
     """A figure as a data: URL, which the Prefect UI shows inside a markdown artifact wherever it is opened."""
-    with fsspec.open(url, "rb", **storage) as f:
-        return "data:image/png;base64," + base64.b64encode(f.read()).decode()
+    return "data:image/png;base64," + base64.b64encode(read_bytes(url, storage)).decode()
 
 
 @task(name="publish-report", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=io_retry,
