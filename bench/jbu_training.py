@@ -29,7 +29,8 @@ from featup.training import train_jbu
 from featup.upsamplers import create_upsampler
 from featup.viz import pca_rgb, save_png, side_by_side
 
-# Each variant: train_jbu keyword arguments on top of the command line's.
+# Each variant: train_jbu keyword arguments on top of the command line's; "frozen" names upsampler parameters
+# (by suffix) that keep their bilateral initial values.
 VARIANTS: dict[str, dict] = {
     "published": {"range_kernel": "dot", "init": "random"},
     "published-decay": {"range_kernel": "dot", "init": "random", "lr_decay": True},
@@ -40,6 +41,8 @@ VARIANTS: dict[str, dict] = {
     "from-bilateral-simple": {"downsampler": "simple"},
     "from-bilateral-crf": {"crf_weight": 0.001},
     "from-bilateral-lowjitter": {"max_pad": 8, "max_zoom": 1.5},
+    "from-bilateral-crf0.01": {"crf_weight": 0.01},
+    "from-bilateral-fixed-spatial": {"frozen": ("sigma_spatial",)},
 }
 
 
@@ -73,9 +76,15 @@ def main() -> None:
         row(name, outputs[name], low, edges, None, None)
     for name in args.variants:
         start = time.perf_counter()
+        options = dict(VARIANTS[name])
+        if frozen := options.pop("frozen", ()):
+            options["upsampler"] = create_upsampler("jbu", dim=backbone.dim, range_kernel="distance")
+            options["upsampler"].init_bilateral()
+            for key, parameter in options["upsampler"].named_parameters():
+                parameter.requires_grad_(not key.endswith(frozen))
         jbu, history = train_jbu(backbone, crops, args.steps, batch_size=args.batch_size, num_jitters=args.num_jitters,
                                  lr=args.lr, seed=0, progress=False, checkpoint=os.path.join(args.out, f"{name}.pt"),
-                                 checkpoint_every=args.steps, **VARIANTS[name])
+                                 checkpoint_every=args.steps, **options)
         seconds = (time.perf_counter() - start) / max(args.steps, 1)
         outputs[name] = upsample(jbu, low, images)
         entropy = sum(jbu.range_entropy(images, low.shape[-2:])) / jbu.num_layers

@@ -2,7 +2,7 @@
 
 For each photo at 224 px and each EfficientNet-Lite0 tap, the low-res features are upsampled by bilinear,
 bicubic, the classical joint bilateral filter (``bilateral``, untrained) and the shipped JBU (and, with
---implicit-steps, implicit fits to the first --implicit-photos photos), then scored
+--implicit, implicit fits to the first --implicit-photos photos), then scored
 (featup.eval.sharpness):
 
 - edge concentration: the share of the features' gradient energy on the photo's Canny edges over the
@@ -15,7 +15,7 @@ bicubic, the classical joint bilateral filter (``bilateral``, untrained) and the
 (``apt-get install opencv-doc``); ``--photos packaged`` the photos of featup.photos (training material).
 
     python bench/sharpness.py --photos held-out
-    python bench/sharpness.py --taps stride16 --implicit-steps 100 --implicit-photos 2
+    python bench/sharpness.py --taps stride16 --implicit --implicit-photos 6
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from featup.eval import edge_alignment
 from featup.eval.features import image_tensor
 from featup.eval.sharpness import edge_concentration, image_edges, pooled_cosine
 from featup.photos import sample_photos
-from featup.training import fit_implicit
+from featup.training import fit_implicit_batch
 from featup.upsamplers import create_upsampler, load_upsampler
 
 OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
@@ -62,7 +62,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="image side in px")
     parser.add_argument("--jbu", nargs="*", default=[], metavar="TAP=CHECKPOINT",
                         help="score these JBU checkpoints instead of the shipped ones")
-    parser.add_argument("--implicit-steps", type=int, nargs="*", default=[], help="implicit fit budgets to score")
+    parser.add_argument("--implicit", action="store_true", help="also score implicit fits (the default recipe)")
+    parser.add_argument("--implicit-steps", type=int, nargs="*", default=[], help="more implicit fit budgets to score")
     parser.add_argument("--implicit-photos", type=int, default=2, help="photos the implicit fits are scored on")
     args = parser.parse_args()
     photos = load_photos(args.photos)
@@ -83,25 +84,24 @@ def main() -> None:
         }
         score(backbone, upsamplers, low, images, edges)
         print()
-        if args.implicit_steps:
+        budgets = ([None] if args.implicit else []) + args.implicit_steps
+        if budgets:
             k = args.implicit_photos
             subset = dict(upsamplers)
-            for steps in args.implicit_steps:
+            for steps in budgets:
                 start = time.perf_counter()
-                fits = [implicit(backbone, images[i:i + 1], steps) for i in range(k)]
-                subset[f"implicit, {steps} steps"] = lambda f, image, fits=fits: fits[_index(images, image)](f, image)
-                print(f"(implicit fits of {steps} steps: {(time.perf_counter() - start) / k:.0f} s per photo)")
+                # One batched fit of the k photos: photo i gets fit_implicit(photo, seed=i).
+                options = {} if steps is None else {"steps": steps}
+                fits = fit_implicit_batch(images[:k], backbone, progress=False, **options)
+                name = "implicit (default recipe)" if steps is None else f"implicit, {steps} steps"
+                subset[name] = lambda f, image, fits=fits: fits[_index(images, image)](f, image)
+                print(f"({name}: {(time.perf_counter() - start) / k:.0f} s per photo, fitted as one batch)")
             print(f"\nOn the first {k} photos:\n")
             score(backbone, subset, low[:k], images[:k], edges[:k])
 
 
 def _index(images: torch.Tensor, image: torch.Tensor) -> int:
     return next(i for i in range(len(images)) if torch.equal(images[i], image[0]))
-
-
-def implicit(backbone, image: torch.Tensor, steps: int):
-    """An implicit upsampler fitted to ``image`` for ``steps`` steps."""
-    return fit_implicit(image, backbone, steps=steps, progress=False)
 
 
 def score(backbone, upsamplers: dict, low: torch.Tensor, images: torch.Tensor, edges: torch.Tensor) -> None:
