@@ -41,7 +41,15 @@ PATHS = ("old", "new")
 
 
 def old_forward(stack: JBUStack, features: torch.Tensor, image: torch.Tensor, output_size=None) -> torch.Tensor:
-    """The JBU as it first shipped: per-tap PyTorch range logits, NCHW filters, full-resolution stack fixup."""
+    """The JBU as it first shipped: per-tap PyTorch range logits, NCHW filters, full-resolution stack fixup.
+
+    The fixup's Dropout2d mask is drawn first, where the new path draws it, so that both paths see the same random
+    numbers in train mode and the training losses can be compared.
+    """
+    dropout, _ = stack.fixup_proj
+    keep = torch.ones(len(features), stack.dim, 1, 1)
+    if dropout.training and dropout.p > 0:
+        keep = keep.bernoulli_(1 - dropout.p).div_(1 - dropout.p)
     guidance = stack.normalize(image)
     out, r = features, stack.radius
     for layer, size in zip(stack.layers, stack.stage_sizes(features.shape[-2:], image.shape[-2:]), strict=True):
@@ -59,7 +67,7 @@ def old_forward(stack: JBUStack, features: torch.Tensor, image: torch.Tensor, ou
         kernel = kernel + 0.1 * layer.fixup_proj(torch.cat([kernel, g], 1))
         hr = F.pad(F.interpolate(out, size=size, mode="bicubic", align_corners=False), [r] * 4, mode="reflect")
         out = adaptive_conv(hr, kernel.permute(0, 2, 3, 1).reshape(len(out), *size, layer.diameter, layer.diameter))
-    return out + 0.1 * stack.fixup_proj(out)
+    return out + 0.1 * stack.fixup_proj[1](out * keep)
 
 
 @contextlib.contextmanager

@@ -16,35 +16,17 @@
 #define FEATUP_CPU_CLONES
 #endif
 
-// Tile vectors wider than the baseline clone's registers only live inside inlined helpers, so the ABI note
-// GCC gives about passing them is moot.
+// Vectors wider than the baseline clone's registers only live inside inlined helpers, so the ABI note GCC gives
+// about passing them is moot.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace featup {
 namespace {
 
-constexpr int64_t kTileX = 16;       // pixels per register tile: one AVX-512 or two AVX2 float vectors
+constexpr int64_t kTileX = 16;       // pixels per tile: one AVX-512 or two AVX2 float vectors
 constexpr int64_t kBlockC = 4;       // channels that share each load of a filter tap
 constexpr int64_t kBlockRows = 16;   // rows per forward / input-gradient task
 constexpr int64_t kCorrBlockC = 32;  // channels staged at once for the filter gradient
-
-// kTileX consecutive values as one GCC/Clang vector; each clone maps it onto its widest registers.
-template <typename T>
-struct Tile {
-  typedef T type __attribute__((vector_size(kTileX * sizeof(T))));
-};
-
-template <typename T>
-[[gnu::always_inline]] inline typename Tile<T>::type load_tile(const T* p) {
-  typename Tile<T>::type v;
-  std::memcpy(&v, p, sizeof(v));  // an unaligned vector load
-  return v;
-}
-
-template <typename T>
-[[gnu::always_inline]] inline void store_tile(T* p, const typename Tile<T>::type& v) {
-  std::memcpy(p, &v, sizeof(v));
-}
 
 template <typename T, typename scalar_t>
 void widen(const scalar_t* src, int64_t n, T* dst) {
@@ -62,22 +44,51 @@ struct TapStrides {
   int64_t w_i, w_j, s_i, s_j;
 };
 
+// 32 bytes of consecutive values (8 floats): the accumulators below are of this width, which GCC keeps in registers
+// on AVX2; arrays of 16-wide tile vectors went through memory there.
+template <typename T>
+struct Half {
+  typedef T type __attribute__((vector_size(32)));
+  static constexpr int64_t count = 32 / sizeof(T);
+};
+
+template <typename T>
+[[gnu::always_inline]] inline typename Half<T>::type load_half(const T* p) {
+  typename Half<T>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+[[gnu::always_inline]] inline void store_half(T* p, const typename Half<T>::type& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
 // dst[c][x] = sum_{i,j} w[i*w_i + j*w_j + x] * src[c*src_c + i*s_i + j*s_j + x] for c < NC and the kTileX
-// pixels x; the accumulators stay in registers and each filter load serves NC channels.
+// pixels x: NC × (kTileX / Half) accumulators in registers, so that the FMAs of consecutive taps do not wait on
+// each other, and each filter load serves NC channels.
 template <typename T, int D, int NC>
 [[gnu::always_inline]] inline void stencil_tile(const T* w, const T* src, int64_t src_c, TapStrides t, T* dst,
                                                 int64_t dst_c) {
-  typename Tile<T>::type acc[NC] = {};
+  constexpr int64_t N = Half<T>::count, H = kTileX / N;
+  typename Half<T>::type acc[H][NC] = {};
   for (int i = 0; i < D; ++i) {
     for (int j = 0; j < D; ++j) {
-      const auto wv = load_tile(w + i * t.w_i + j * t.w_j);
+      const T* wp = w + i * t.w_i + j * t.w_j;
       const T* sp = src + i * t.s_i + j * t.s_j;
+#pragma GCC unroll 4
+      for (int64_t h = 0; h < H; ++h) {
+        const auto wv = load_half(wp + h * N);
 #pragma GCC unroll 8
-      for (int c = 0; c < NC; ++c) acc[c] += wv * load_tile(sp + c * src_c);
+        for (int c = 0; c < NC; ++c) acc[h][c] += wv * load_half(sp + c * src_c + h * N);
+      }
     }
   }
+#pragma GCC unroll 4
+  for (int64_t h = 0; h < H; ++h) {
 #pragma GCC unroll 8
-  for (int c = 0; c < NC; ++c) store_tile(dst + c * dst_c, acc[c]);
+    for (int c = 0; c < NC; ++c) store_half(dst + c * dst_c + h * N, acc[h][c]);
+  }
 }
 
 // One row of `width` pixels for nc <= kBlockC channels. A row that is not a whole number of tiles ends with a
@@ -110,22 +121,24 @@ FEATUP_CPU_CLONES void stencil_row(const T* w, const T* src, int64_t src_c, TapS
 }
 
 // dkt[(i*D+j)*dk_tap + x] += sum_{c < nc} g[c*g_c + x] * src[c*src_c + i*src_row + j + x] for the kTileX
-// pixels x: the D taps of one filter row accumulate in registers over all channels.
+// pixels x, in register-width parts: the D taps of one filter row accumulate in registers over all channels.
 template <typename T, int D>
 [[gnu::always_inline]] inline void correlate_tile(const T* g, int64_t g_c, const T* src, int64_t src_c,
                                                   int64_t src_row, int64_t nc, T* dkt, int64_t dk_tap) {
-  for (int i = 0; i < D; ++i) {
-    typename Tile<T>::type acc[D];
+  for (int64_t h = 0; h < kTileX; h += Half<T>::count) {
+    for (int i = 0; i < D; ++i) {
+      typename Half<T>::type acc[D];
 #pragma GCC unroll 16
-    for (int j = 0; j < D; ++j) acc[j] = load_tile(dkt + (i * D + j) * dk_tap);
-    for (int64_t c = 0; c < nc; ++c) {
-      const auto gv = load_tile(g + c * g_c);
-      const T* sp = src + c * src_c + i * src_row;
+      for (int j = 0; j < D; ++j) acc[j] = load_half(dkt + (i * D + j) * dk_tap + h);
+      for (int64_t c = 0; c < nc; ++c) {
+        const auto gv = load_half(g + c * g_c + h);
+        const T* sp = src + c * src_c + i * src_row + h;
 #pragma GCC unroll 16
-      for (int j = 0; j < D; ++j) acc[j] += gv * load_tile(sp + j);
+        for (int j = 0; j < D; ++j) acc[j] += gv * load_half(sp + j);
+      }
+#pragma GCC unroll 16
+      for (int j = 0; j < D; ++j) store_half(dkt + (i * D + j) * dk_tap + h, acc[j]);
     }
-#pragma GCC unroll 16
-    for (int j = 0; j < D; ++j) store_tile(dkt + (i * D + j) * dk_tap, acc[j]);
   }
 }
 

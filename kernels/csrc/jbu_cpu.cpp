@@ -1,7 +1,7 @@
 // CPU kernels of the fused JBU layer ops (schemas in adaptive_conv.cpp).
 //
 // featup::jbu_layer_forward computes one JBU layer's output row by row without ever holding its B×d²×H×W
-// filters: a task (batch, output row) correlates the queries with the padded keys into the row's d² logits
+// filters: a task (batch, block of output rows), for each row, correlates the queries with the padded keys into the row's d² logits
 // (correlate_row, as the adaptive conv's filter gradient), turns each 16-pixel tile of them into filters in
 // registers (softmax with the spatial logits, then the fixup MLP on [filters, guidance]), and applies those
 // filters to every channel of the padded source (stencil_row, as the adaptive conv's forward):
@@ -35,28 +35,10 @@ namespace {
 
 constexpr int64_t kMaxGuidance = 8;  // guidance channels a tile keeps beside its d² filter values
 
-// The element-wise steps run on 32-byte vectors (8 floats): GCC turns comparisons and selects on them into
-// single AVX2/AVX-512 instructions, but scalarises them on the 16-wide tile vectors.
+// The element-wise steps run on Half vectors (cpu_tiles.h): GCC turns comparisons and selects on them into single
+// AVX2/AVX-512 instructions, but scalarises them on 16-wide vectors.
 template <typename T>
-struct Lanes {
-  typedef T type __attribute__((vector_size(32)));
-  static constexpr int64_t count = 32 / sizeof(T);
-};
-
-template <typename T>
-using LanesOf = typename Lanes<T>::type;
-
-template <typename T>
-[[gnu::always_inline]] inline LanesOf<T> load_lanes(const T* p) {
-  LanesOf<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-template <typename T>
-[[gnu::always_inline]] inline void store_lanes(T* p, const LanesOf<T>& v) {
-  std::memcpy(p, &v, sizeof(v));
-}
+using LanesOf = typename Half<T>::type;
 
 // e^x: Cephes' expf (about 1 ulp; rounding by the 1.5·2^23 shifter) for float, std::exp for double.
 template <typename T>
@@ -79,7 +61,7 @@ template <typename T>
     y = y * r * r + r + 1.0f;
     return y * reinterpret_cast<const LanesOf<float>&>(exponent);
   } else {
-    for (int64_t k = 0; k < Lanes<T>::count; ++k) x[k] = std::exp(x[k]);
+    for (int64_t k = 0; k < Half<T>::count; ++k) x[k] = std::exp(x[k]);
     return x;
   }
 }
@@ -100,12 +82,12 @@ template <typename T>
     const LanesOf<float> e = 1.0f - poly * t * lanes_exp<float>(-z * z);
     return x * 0.5f * (1.0f + (z < zero ? -e : e));
   } else {
-    for (int64_t k = 0; k < Lanes<T>::count; ++k) x[k] = 0.5 * x[k] * (1.0 + std::erf(x[k] * 0.70710678118654752));
+    for (int64_t k = 0; k < Half<T>::count; ++k) x[k] = 0.5 * x[k] * (1.0 + std::erf(x[k] * 0.70710678118654752));
     return x;
   }
 }
 
-// out[u][k] = bias[u] + Σ_{t < n} w[u·w_row + t] · in[t·in_row + k] for u < NO and the Lanes at k: NO accumulators
+// out[u][k] = bias[u] + Σ_{t < n} w[u·w_row + t] · in[t·in_row + k] for u < NO and the Half vector at k: NO accumulators
 // in registers, each input load shared by NO weights.
 template <typename T, int NO>
 [[gnu::always_inline]] inline void dense_lanes(const T* in, int64_t in_row, int64_t n, const T* w, int64_t w_row,
@@ -114,19 +96,20 @@ template <typename T, int NO>
 #pragma GCC unroll 8
   for (int u = 0; u < NO; ++u) acc[u] = LanesOf<T>{} + bias[u];
   for (int64_t t = 0; t < n; ++t) {
-    const LanesOf<T> v = load_lanes(in + t * in_row);
+    const LanesOf<T> v = load_half(in + t * in_row);
 #pragma GCC unroll 8
     for (int u = 0; u < NO; ++u) acc[u] += v * w[u * w_row + t];
   }
 #pragma GCC unroll 8
-  for (int u = 0; u < NO; ++u) store_lanes(out + u * out_row, acc[u]);
+  for (int u = 0; u < NO; ++u) store_half(out + u * out_row, acc[u]);
 }
 
-// out rows o < m of a dense layer over the Lanes at k (see dense_lanes), NO rows at a time.
+// out rows o < m of a dense layer over the Half vector at k (see dense_lanes): blocks of 7 rows (7 accumulators, the
+// input and a weight fit AVX2's 16 registers; d² = 49 and 81 split evenly), then blocks of 1.
 template <typename T>
 [[gnu::always_inline]] inline void dense_rows(const T* in, int64_t in_row, int64_t n, const T* w, const T* bias,
                                               int64_t m, T* out, int64_t out_row) {
-  constexpr int NO = 6;
+  constexpr int NO = 7;
   int64_t o = 0;
   for (; o + NO <= m; o += NO) dense_lanes<T, NO>(in, in_row, n, w + o * n, n, bias + o, out + o * out_row, out_row);
   for (; o < m; ++o) dense_lanes<T, 1>(in, in_row, n, w + o * n, n, bias + o, out + o * out_row, out_row);
@@ -141,36 +124,36 @@ struct FilterWeights {
 };
 
 // One tile of kTileX pixels: logits (d² rows of stride `stride`) and guidance (g rows) in, filters out, all on
-// Lanes (the 16-wide tile vectors' accumulators would live in memory on AVX2).
+// Half vectors (arrays of 16-wide vectors would live in memory on AVX2).
 template <typename T, int P>
 FEATUP_CPU_CLONES void filter_tile(const T* logits, const T* guidance, int64_t stride, const FilterWeights<T>& fw,
                                    const T* hidden_scale, T* filters) {
-  constexpr int64_t N = Lanes<T>::count, L = kTileX;
+  constexpr int64_t N = Half<T>::count, L = kTileX;
   const int64_t G = fw.guidance;
   // The fixup's input [softmax; guidance] as rows of L values, then its hidden and output layers.
   alignas(64) T in[(P + kMaxGuidance) * L], hidden[P * L], fix[P * L];
   for (int64_t g = 0; g < G; ++g) std::copy_n(guidance + g * stride, L, in + (P + g) * L);
   for (int64_t k = 0; k < L; k += N) {
-    LanesOf<T> top = load_lanes(logits + k) * fw.temperature + fw.spatial[0];
+    LanesOf<T> top = load_half(logits + k) * fw.temperature + fw.spatial[0];
     for (int p = 0; p < P; ++p) {
-      const LanesOf<T> v = load_lanes(logits + p * stride + k) * fw.temperature + fw.spatial[p];
-      store_lanes(in + p * L + k, v);
+      const LanesOf<T> v = load_half(logits + p * stride + k) * fw.temperature + fw.spatial[p];
+      store_half(in + p * L + k, v);
       top = v > top ? v : top;
     }
     LanesOf<T> sum{};
     for (int p = 0; p < P; ++p) {
-      const LanesOf<T> e = lanes_exp<T>(load_lanes(in + p * L + k) - top);
-      store_lanes(in + p * L + k, e);
+      const LanesOf<T> e = lanes_exp<T>(load_half(in + p * L + k) - top);
+      store_half(in + p * L + k, e);
       sum += e;
     }
-    for (int p = 0; p < P; ++p) store_lanes(in + p * L + k, load_lanes(in + p * L + k) / sum);
+    for (int p = 0; p < P; ++p) store_half(in + p * L + k, load_half(in + p * L + k) / sum);
     dense_rows<T>(in + k, L, P + G, fw.w1, fw.b1, P, hidden + k, L);
     for (int q = 0; q < P; ++q) {
-      store_lanes(hidden + q * L + k, lanes_gelu<T>(load_lanes(hidden + q * L + k)) * hidden_scale[q]);
+      store_half(hidden + q * L + k, lanes_gelu<T>(load_half(hidden + q * L + k)) * hidden_scale[q]);
     }
     dense_rows<T>(hidden + k, L, P, fw.w2, fw.b2, P, fix + k, L);
     for (int p = 0; p < P; ++p) {
-      store_lanes(filters + p * stride + k, load_lanes(in + p * L + k) + load_lanes(fix + p * L + k) * T(0.1));
+      store_half(filters + p * stride + k, load_half(in + p * L + k) + load_half(fix + p * L + k) * T(0.1));
     }
   }
 }
@@ -179,32 +162,43 @@ struct LayerShape {
   int64_t B, C, H, W, Q, G;  // batch, source channels, output size, query channels, guidance channels
 };
 
+// Rows per task: their filters (d² × rows × W) stay in L2 while every channel block of the source is applied to all
+// of them, so that each source row, read by d output rows, comes from cache.
+constexpr int64_t kLayerRows = 8;
+
 template <typename T, int D>
 void jbu_layer_kernel(const LayerShape& s, const T* source, const T* queries, const T* keys, const T* guidance,
                       const FilterWeights<T>& fw, const T* hidden_scale, T* out) {
   constexpr int P = D * D;
   const int64_t C = s.C, H = s.H, W = s.W, Q = s.Q, G = s.G, Hp = H + D - 1, Wp = W + D - 1;
   const int64_t Wb = std::max(W, kTileX);  // row buffers hold at least one whole tile; lanes past W stay 0
-  at::parallel_for(0, s.B * H, 1, [&](int64_t r0, int64_t r1) {
-    std::vector<T> logits(P * Wb), filters(P * Wb), guide(G * Wb, T(0));
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / H, y = r % H;
-      std::fill(logits.begin(), logits.end(), T(0));
-      for (int64_t c0 = 0; c0 < Q; c0 += kCorrBlockC) {
-        correlate_row<T, D>(queries + ((b * Q + c0) * H + y) * W, H * W, keys + ((b * Q + c0) * Hp + y) * Wp,
-                            Hp * Wp, Wp, std::min(kCorrBlockC, Q - c0), W, logits.data(), Wb);
-      }
-      for (int64_t g = 0; g < G; ++g) {
-        std::copy_n(guidance + ((b * G + g) * H + y) * W, W, guide.data() + g * Wb);
-      }
-      for (int64_t x0 = 0; x0 < W; x0 += kTileX) {
-        const int64_t x = std::min(x0, Wb - kTileX);  // the last tile may overlap the previous one
-        filter_tile<T, P>(logits.data() + x, guide.data() + x, Wb, fw, hidden_scale + b * P, filters.data() + x);
+  const int64_t blocks = (H + kLayerRows - 1) / kLayerRows;
+  at::parallel_for(0, s.B * blocks, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> logits(P * Wb), filters(kLayerRows * P * Wb), guide(G * Wb, T(0));
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t b = task / blocks, y0 = task % blocks * kLayerRows, rows = std::min(kLayerRows, H - y0);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t y = y0 + r;
+        std::fill(logits.begin(), logits.end(), T(0));
+        for (int64_t c0 = 0; c0 < Q; c0 += kCorrBlockC) {
+          correlate_row<T, D>(queries + ((b * Q + c0) * H + y) * W, H * W, keys + ((b * Q + c0) * Hp + y) * Wp,
+                              Hp * Wp, Wp, std::min(kCorrBlockC, Q - c0), W, logits.data(), Wb);
+        }
+        for (int64_t g = 0; g < G; ++g) {
+          std::copy_n(guidance + ((b * G + g) * H + y) * W, W, guide.data() + g * Wb);
+        }
+        T* row_filters = filters.data() + r * P * Wb;
+        for (int64_t x0 = 0; x0 < W; x0 += kTileX) {
+          const int64_t x = std::min(x0, Wb - kTileX);  // the last tile may overlap the previous one
+          filter_tile<T, P>(logits.data() + x, guide.data() + x, Wb, fw, hidden_scale + b * P, row_filters + x);
+        }
       }
       const TapStrides taps{D * Wb, Wb, Wp, 1};
       for (int64_t c0 = 0; c0 < C; c0 += kBlockC) {
-        stencil_row<T, D>(filters.data(), source + ((b * C + c0) * Hp + y) * Wp, Hp * Wp, taps,
-                          std::min(kBlockC, C - c0), W, out + ((b * C + c0) * H + y) * W, H * W);
+        for (int64_t r = 0; r < rows; ++r) {
+          stencil_row<T, D>(filters.data() + r * P * Wb, source + ((b * C + c0) * Hp + y0 + r) * Wp, Hp * Wp, taps,
+                            std::min(kBlockC, C - c0), W, out + ((b * C + c0) * H + y0 + r) * W, H * W);
+        }
       }
     }
   });
