@@ -1,7 +1,7 @@
 """Datasets as webdataset shards on local disk or object storage: layouts in, shards out, tensors back.
 
-Names are imported on first use, so that ``featup.store`` and Dask workers can read manifests without
-loading torch (which webdataset and the reader import).
+Names are imported on first use, so that reading a manifest (``featup.data.manifest``) does not load
+torch, which webdataset and the reader import.
 """
 
 from __future__ import annotations
