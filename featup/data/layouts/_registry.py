@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from featup._registry import Registry
 from featup.data.samples import BadSample, Sample
 
 
@@ -19,29 +20,23 @@ class LayoutSource:
 
 
 LayoutReader = Callable[..., LayoutSource]
-_LAYOUTS: dict[str, LayoutReader] = {}
+LAYOUTS: Registry[LayoutReader] = Registry("dataset layout")
 
 
 def register_layout(name: str) -> Callable[[LayoutReader], LayoutReader]:
     """Decorator: make a layout reader available under ``name``."""
 
     def add(fn: LayoutReader) -> LayoutReader:
-        if name in _LAYOUTS:
-            raise ValueError(f"layout {name!r} is already registered")
-        _LAYOUTS[name] = fn
-        return fn
+        return LAYOUTS.register(name, fn, f"{fn.__module__}.{fn.__qualname__}")
 
     return add
 
 
 def list_layouts() -> list[str]:
-    """Names of the registered layouts."""
-    return sorted(_LAYOUTS)
+    """Names of the registered layouts, sorted."""
+    return LAYOUTS.names()
 
 
 def get_layout(name: str) -> LayoutReader:
-    """The reader registered as ``name``; KeyError lists the known layouts."""
-    try:
-        return _LAYOUTS[name]
-    except KeyError:
-        raise KeyError(f"unknown dataset layout {name!r}; known layouts: {', '.join(list_layouts())}") from None
+    """The reader registered as ``name``; an unknown name raises an error (KeyError and ValueError) listing them."""
+    return LAYOUTS[name]
