@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
+
+from featup.io import read_bytes
 
 __all__ = ["list_sample_photos", "load_image", "sample_photos", "to_tensor"]
 
@@ -73,16 +76,19 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
 
 def load_image(path_or_url: str, storage_options: Mapping | None = None) -> np.ndarray:
     """Read an image file (local path or fsspec URL) as H×W×3 uint8 RGB; greyscale/RGBA/CMYK are converted."""
-    import fsspec
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with fsspec.open(path_or_url, "rb", **(storage_options or {})) as f:
-            image = Image.open(f)
-            image.load()
+        data = read_bytes(path_or_url, storage_options)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"image not found: {path_or_url}") from e
-    except (UnidentifiedImageError, OSError) as e:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except UnidentifiedImageError as e:  # its message names the in-memory buffer, not the file: say it ourselves
+        raise ValueError(f"{path_or_url} is not a readable image (not a format Pillow knows); is the file corrupt "
+                         "or truncated?") from e
+    except OSError as e:  # e.g. "image file is truncated (3 bytes not processed)"
         raise ValueError(f"{path_or_url} is not a readable image ({e}); is the file corrupt or truncated?") from e
     return np.array(image.convert("RGB"))
 

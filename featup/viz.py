@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from featup.io import write_bytes
 from featup.pca import principal_directions
 
 __all__ = ["PCABasis", "fit_pca", "pca_rgb", "save_png", "side_by_side"]
@@ -130,13 +131,11 @@ def _title_band(titles: Sequence[str], tile_width: int, gap: int) -> torch.Tenso
 
 def save_png(image: torch.Tensor | np.ndarray, path_or_url: str, storage_options: Mapping | None = None) -> str:
     """Write a 3×H×W (0..1) tensor or H×W×3 uint8 array as a PNG to a local path or fsspec URL."""
-    import fsspec
     from PIL import Image
 
     if isinstance(image, torch.Tensor):
         image = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
-    with fsspec.open(path_or_url, "wb", auto_mkdir=True, **(storage_options or {})) as f:
-        f.write(buffer.getvalue())
+    write_bytes(path_or_url, buffer.getvalue(), storage_options, content_type="image/png")
     return path_or_url

@@ -31,7 +31,13 @@ def test_load_image_converts_greyscale_and_rgba(tmp_path):
 
 def test_load_image_names_the_problem(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="corrupt or truncated"):
+    with pytest.raises(ValueError, match="bad.jpg is not a readable image.*corrupt or truncated") as caught:
         load_image(str(tmp_path / "bad.jpg"))
+    assert " object at 0x" not in str(caught.value)  # the file's name, never the repr of what read it (#15)
+    Image.fromarray(np.full((64, 64, 3), 7, np.uint8)).save(tmp_path / "whole.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:-30])
+    with pytest.raises(ValueError, match="cut.png is not a readable image") as caught:
+        load_image(str(tmp_path / "cut.png"))
+    assert " object at 0x" not in str(caught.value)
     with pytest.raises(FileNotFoundError, match="absent.png"):
         load_image(str(tmp_path / "absent.png"))

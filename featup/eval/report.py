@@ -16,7 +16,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import fsspec
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -25,6 +24,7 @@ from matplotlib.patches import Patch
 
 from featup.eval.compare import METRICS, Comparison, Example
 from featup.eval.metrics import IGNORE_INDEX
+from featup.io import join_url, write_bytes
 from featup.viz import pca_rgb
 
 __all__ = [
@@ -633,9 +633,6 @@ def write_report(
     ``backbone`` is named in the title; ``cam_class_names`` name the CAM classifier's classes where the
     comparison's caption does not (default: the ImageNet-1k names). Returns the URLs written, page first.
     """
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    fs.makedirs(root, exist_ok=True)
-    base = url.rstrip("/")
     figures = {name: _draw(name, comparison, cam_class_names) for name, _ in report_figures(comparison)}
     page = _report_html(comparison, title=title, notes=notes, backbone=backbone, cam_class_names=cam_class_names,
                         figures=figures)
@@ -643,16 +640,12 @@ def write_report(
                                cam_class_names=cam_class_names)
     written = []
     for name, data in [("index.html", page.encode()), ("report.md", markdown.encode()), *figures.items()]:
-        fs.pipe_file(f"{root}/{name}", data, **_content_type(fs, name))
-        written.append(f"{base}/{name}")
+        written.append(join_url(url, name))
+        write_bytes(written[-1], data, storage_options, content_type=_MEDIA_TYPES[name[name.rindex("."):]])
     return written
 
 
+# recorded with each object where the store keeps one (S3): served as binary/octet-stream, a browser following
+# a link to the page would download it instead of showing it
 _MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".md": "text/markdown; charset=utf-8", ".png": "image/png"}
 
-
-def _content_type(fs: fsspec.AbstractFileSystem, name: str) -> dict[str, str]:
-    """The object's media type where the store records one (S3): served as binary/octet-stream, a browser
-    following a link to the page would download it instead of showing it."""
-    media = _MEDIA_TYPES[name[name.rindex("."):]]
-    return {"ContentType": media} if "s3" in fs.protocol else {}

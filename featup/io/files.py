@@ -62,12 +62,16 @@ def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
 
 
 @contextlib.contextmanager
-def atomic_write(url: str, storage_options: StorageOptions = None) -> Iterator[IO[bytes]]:
+def atomic_write(
+    url: str, storage_options: StorageOptions = None, *, content_type: str | None = None
+) -> Iterator[IO[bytes]]:
     """Open ``url`` for writing so that it appears complete or not at all (parent folders are made).
 
     Local files are written beside the target and renamed into place; object stores upload without
     committing (S3 multipart) and commit only when the block exits cleanly, discarding otherwise — so a
     crash or an unreachable server never leaves a truncated file under the final name.
+    ``content_type`` (e.g. ``"text/html; charset=utf-8"``) is recorded where the store keeps one (S3), so a
+    browser following a link shows the object instead of downloading it as binary/octet-stream.
     """
     fs, path = filesystem(url, storage_options)
     if isinstance(fs, LocalFileSystem):
@@ -81,7 +85,8 @@ def atomic_write(url: str, storage_options: StorageOptions = None) -> Iterator[I
             if os.path.exists(tmp):
                 os.remove(tmp)
         return
-    f = fs.open(path, "wb", autocommit=False)
+    media = {"ContentType": content_type} if content_type and "s3" in fs.protocol else {}
+    f = fs.open(path, "wb", autocommit=False, **media)
     try:
         yield f
         f.close()
@@ -92,7 +97,9 @@ def atomic_write(url: str, storage_options: StorageOptions = None) -> Iterator[I
         raise
 
 
-def write_bytes(url: str, data: bytes, storage_options: StorageOptions = None) -> None:
-    """Store ``data`` at ``url`` atomically (see :func:`atomic_write`)."""
-    with atomic_write(url, storage_options) as f:
+def write_bytes(
+    url: str, data: bytes, storage_options: StorageOptions = None, *, content_type: str | None = None
+) -> None:
+    """Store ``data`` at ``url`` atomically, with its media type where the store records one (see :func:`atomic_write`)."""
+    with atomic_write(url, storage_options, content_type=content_type) as f:
         f.write(data)
