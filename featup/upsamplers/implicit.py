@@ -74,12 +74,14 @@ def guided_upsample(low: torch.Tensor, image: torch.Tensor, *, sigma_spatial: fl
             qx = cx + dx
             inside = ((qy >= 0) & (qy < h))[:, None] & ((qx >= 0) & (qx < w))[None]
             qy_, qx_ = qy.clamp(0, h - 1), qx.clamp(0, w - 1)
-            spatial = torch.exp(-((uy - qy)[:, None].square() + (ux - qx)[None].square()) / (2 * sigma_spatial**2))
+            spatial = -((uy - qy)[:, None].square() + (ux - qx)[None].square()) / (2 * sigma_spatial**2)
             colour = (image - cells[:, :, qy_][:, :, :, qx_]).square().sum(1)
-            weights.append(spatial * inside * torch.exp(-colour / (2 * sigma_range**2)))  # B×H×W
+            logit = (spatial - colour / (2 * sigma_range**2)).masked_fill(~inside, float("-inf"))  # B×H×W
+            weights.append(logit)
             columns.append((qy_[:, None] * w + qx_[None]).expand(height, width))
-    weights = torch.stack(weights, -1)
-    weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
+    # Normalised in log space: a pixel whose colour is far from every nearby cell's would underflow to all-zero
+    # weights (and zero features) as a ratio of exponentials.
+    weights = torch.softmax(torch.stack(weights, -1), -1)
     columns = torch.stack(columns, -1).expand(b, -1, -1, -1)
     upsample = low.new_zeros(b, height * width, h * w)
     upsample.scatter_add_(2, columns.reshape(b, height * width, -1), weights.reshape(b, height * width, -1))
@@ -217,16 +219,20 @@ class ImplicitUpsampler(nn.Module):
         self.base.copy_(base)
 
     def render_base(self, size: Sequence[int]) -> torch.Tensor | None:
-        """The base bilinearly upsampled to ``size`` (1×proj_dim×H×W), or None for the published model."""
+        """The base upsampled to ``size`` (1×proj_dim×H×W), or None for the published model."""
         if self.base_grid is None:
             return None
+        return self.upsample_base(self.base, size)
+
+    def upsample_base(self, low: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """1×K×h×w low-res maps upsampled to ``size`` the way the base is: guided by the fitted image, or bilinear."""
         if self.base_mode == "guided":
-            image = self.fitted_image()
+            image = self.fitted_image().to(low.dtype)
             if tuple(size) != self.image_size:
                 image = F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=False,
                                       antialias=size[0] < self.image_size[0] or size[1] < self.image_size[1])
-            return guided_upsample(self.base, image, **self.guide)
-        return F.interpolate(self.base, size=tuple(size), mode="bilinear", align_corners=False)
+            return guided_upsample(low, image, **self.guide)
+        return F.interpolate(low, size=tuple(size), mode="bilinear", align_corners=False)
 
     def _mlp(self, image: torch.Tensor, ys: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(self.fourier_features(image, ys)).permute(0, 3, 1, 2)
@@ -253,8 +259,9 @@ class ImplicitUpsampler(nn.Module):
                 output_size: int | Sequence[int] | None = None) -> torch.Tensor:
         """Render the fitted image's B×C×H_out×W_out features (default size: ``image``'s, else the fitted one's).
 
-        ``features`` and ``image`` are only checked and sized against: the model always renders the image
-        it was fitted to, since its Fourier features of colour are too sharp to be fed another one.
+        The model always renders the image it was fitted to, since its Fourier features of colour are too
+        sharp to be fed another one; ``image`` only sizes the output. ``features`` (that image's backbone
+        features) are checked, and for a model with a base they also supply what its PCA space leaves out.
         """
         if features is not None and features.shape[1] != self.dim:
             raise ValueError(f"got features with {features.shape[1]} channels, expected {self.dim} (the backbone "
@@ -263,6 +270,12 @@ class ImplicitUpsampler(nn.Module):
             else self.image_size
         batch = features.shape[0] if features is not None else image.shape[0] if image is not None else 1
         out = self.from_pca(self.render(size))
+        if features is not None and self.base_grid is not None and tuple(features.shape[-2:]) == self.base_grid:
+            # The fit lives in proj_dim of the C directions (PCA); what the PCA drops (most of a 1280-channel
+            # head's variance) is upsampled by the base's own linear operator, so out = base(features) + MLP's
+            # correction exactly and no direction of the backbone's features loses its meaning.
+            rest = features[:1] - self.from_pca(self.to_pca(features[:1]))
+            out = out + self.upsample_base(rest.to(out.dtype), size)
         return out.expand(batch, -1, -1, -1)
 
     def save(self, path_or_url: str | os.PathLike, metadata: dict | None = None) -> str:
