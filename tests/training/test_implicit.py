@@ -47,7 +47,7 @@ def test_fast_path_gives_the_reference_paths_losses(backbone, images, recipe, pr
 
 
 def test_fast_path_gives_the_reference_paths_gradients(backbone, images):
-    from featup.training.implicit import _BatchFit
+    from featup.training._implicit_fit import _BatchFit
 
     # Frequencies to e^4: at the published e^10 the reference's own float32 sum a + φ (a up to 1.1e4, where
     # float32 steps by 1e-3) differs from the fast path's exact identity at the 1e-3 level.
