@@ -8,10 +8,17 @@ import sys
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from featup.backbones import MissingWeightsError
 from featup.eval import CompareSettings, StoredFeatures, compare_upsamplers, write_report
+from featup.eval.compare import ProgressFn
 from featup.eval.report import report_markdown, table_records
 from featup.io import filesystem, read_bytes
 from featup.pipeline import ImplicitPerImage
@@ -53,6 +60,18 @@ def upsampler_specs(names: list[str], checkpoints: dict[str, str], implicit_opti
     return specs
 
 
+def scoring_progress(upsamplers: list[str]) -> ProgressFn:
+    """A progress artifact on this run (key ``featup-evaluation-progress``) and the callback that moves it: the
+    Prefect UI shows how far scoring is (minutes on a CPU) and which stage is running."""
+    what = f"scoring {', '.join(upsamplers)}"
+    artifact = create_progress_artifact(progress=0.0, key="featup-evaluation-progress", description=what)
+
+    def update(fraction: float, label: str) -> None:
+        update_progress_artifact(artifact, progress=100.0 * fraction, description=f"{what}: {label}")
+
+    return update
+
+
 @task(name="score-upsamplers", tags=["gpu"], persist_result=False)
 def score_upsamplers(backbone: str, upsamplers: list[str], *, seg_train: list | None, seg_test: list | None,
                      num_classes: int | None, class_names: list[str] | None, depth_train: list | None,
@@ -74,7 +93,8 @@ def score_upsamplers(backbone: str, upsamplers: list[str], *, seg_train: list | 
                               seg_train=seg_train, seg_test=seg_test, num_classes=num_classes,
                               class_names=class_names, depth_train=depth_train, depth_test=depth_test,
                               cam_images=cam_images, cam_backbone=cam_bb, settings=CompareSettings(**settings),
-                              progress=sys.stderr.isatty())  # bars in a terminal, not in a worker's log
+                              progress=sys.stderr.isatty(),  # bars in a terminal, not in a worker's log
+                              on_progress=scoring_progress(upsamplers))
 
 
 @task(name="render-report", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=io_retry,

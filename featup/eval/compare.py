@@ -28,13 +28,16 @@ from featup.eval.seg_probe import (
 )
 from featup.eval.stored import StoredFeatures
 
-__all__ = ["METRICS", "CompareSettings", "Comparison", "Example", "UpsamplerSpec", "compare_upsamplers"]
+__all__ = ["METRICS", "CompareSettings", "Comparison", "Example", "ProgressFn", "UpsamplerSpec", "compare_upsamplers"]
 
 # An upsampler to compare: None (the low-res features themselves), a module with
 # ``forward(features, image01, output_size)``, or a factory called with each backbone that returns an
 # `Upsample` (module or function) for it, or None where it cannot serve that backbone. A `StoredFeatures`
 # is such a factory: it reads each sample's precomputed features from a feature store by key.
 UpsamplerSpec = nn.Module | Callable[[nn.Module], Upsample | None] | None
+
+# Told the fraction of a comparison's stages done (0..1) and a short label of the stage now starting.
+ProgressFn = Callable[[float, str], None]
 
 # Row keys of the metrics, in table order: (key, header, higher is better).
 METRICS = (
@@ -106,6 +109,23 @@ class _Prepared:
     features: torch.Tensor  # 1×C×h×w
     target: torch.Tensor | None
     raw: np.ndarray  # the sample's image as H×W×3 uint8, for the report
+
+
+class _Stages:
+    """Counts a comparison's stages (a split's backbone pass, one upsampler's probe or CAMs) for ``on_progress``."""
+
+    def __init__(self, total: int, on_progress: ProgressFn | None):
+        self.total, self.done, self.on_progress = total, 0, on_progress
+
+    def start(self, label: str) -> None:
+        """Report the stage ``label`` as starting, then count it as done for the next report."""
+        if self.on_progress is not None:
+            self.on_progress(self.done / self.total, label)
+        self.done += 1
+
+    def finish(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(1.0, "done")
 
 
 def _prepare(samples: Iterable[dict], backbone: nn.Module, size: int, field_name: str | None,
@@ -183,7 +203,7 @@ def _pairs(items: Sequence[_Prepared], name: str, upsample: Upsample | None, set
 
 def _run_probe_task(task: str, names: Sequence[str], usable: Mapping[str, Upsample | None], train: list[_Prepared],
                     test: list[_Prepared], settings: CompareSettings, timer: _Timer, num_classes: int | None,
-                    progress: bool) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor], dict[str, np.ndarray]]:
+                    progress: bool, stages: _Stages) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor], dict[str, np.ndarray]]:
     """Fit and score a probe per upsampler; returns metrics, first-test-image features and predictions."""
     full = settings.probe_protocol == "full"
 
@@ -198,6 +218,7 @@ def _run_probe_task(task: str, names: Sequence[str], usable: Mapping[str, Upsamp
     shared = fit(_pairs(train, "low-res", None, settings, _Timer())) if settings.probe_protocol == "lowres" else None
     metrics, features, predictions = {}, {}, {}
     for name in tqdm(names, desc=f"{task} probes", disable=not progress, leave=False):
+        stages.start(f"{task} probe: {name}")
         if name not in usable:
             continue
         upsample = usable[name]
@@ -234,6 +255,7 @@ def compare_upsamplers(
     cam_class_names: Sequence[str] | None = None,
     settings: CompareSettings = CompareSettings(),
     progress: bool = True,
+    on_progress: ProgressFn | None = None,
 ) -> Comparison:
     """Score each upsampler on the tasks whose datasets are given; returns one row of metrics per upsampler.
 
@@ -242,6 +264,10 @@ def compare_upsamplers(
     head (e.g. ``load_backbone("efficientnet_lite0", tap="stride32")``); ``cam_class_names`` name its
     classes in the report. A factory spec is called once per
     backbone; where it returns None that upsampler's cells for the backbone's tasks stay empty.
+
+    ``progress`` shows tqdm bars; ``on_progress`` (e.g. a Prefect progress artifact's update) is called as each
+    stage starts with the fraction of stages done and a label (``"seg probe: bilinear"``), then with
+    ``(1.0, "done")``. Stages are a split's backbone pass and each upsampler's probe or CAMs, not equal in time.
     """
     if not upsamplers:
         raise ValueError("no upsamplers to compare; pass e.g. {'low-res': None, 'bilinear': load_upsampler('bilinear')}")
@@ -252,6 +278,8 @@ def compare_upsamplers(
     if seg_train is None and depth_train is None and cam_images is None:
         raise ValueError("no dataset given: pass seg_train/seg_test, depth_train/depth_test or cam_images")
     names = list(upsamplers)
+    probe_tasks = (seg_train is not None) + (depth_train is not None)
+    stages = _Stages(probe_tasks * (2 + len(names)) + (1 + len(names) if cam_images is not None else 0), on_progress)
     timer = _Timer()
     rows = {name: {"upsampler": name} for name in names}
     examples: dict[str, Example] = {}
@@ -269,11 +297,13 @@ def compare_upsamplers(
                                                       ("depth", depth_train, depth_test, "depth")):
             if train_set is None:
                 continue
+            stages.start(f"{task} train: backbone")
             train = _prepare(train_set, backbone, settings.image_size, field_name, f"{task} train", progress)
+            stages.start(f"{task} test: backbone")
             test = _prepare(test_set, backbone, settings.image_size, field_name, f"{task} test", progress)
             counts[f"{task}_train"], counts[f"{task}_test"] = len(train), len(test)
             metrics, features, predictions = _run_probe_task(task, names, dense, train, test, settings, timer,
-                                                             num_classes, progress)
+                                                             num_classes, progress, stages)
             for name, values in metrics.items():
                 if task == "seg":
                     rows[name].update(seg_miou=values["miou"], seg_acc=values["accuracy"])
@@ -289,12 +319,14 @@ def compare_upsamplers(
         if getattr(cam_net, "classifier", None) is None:
             raise ValueError("CAMs need a backbone with a classifier head; pass cam_backbone="
                              "load_backbone('efficientnet_lite0', tap='stride32')")
+        stages.start("cam: backbone")
         items = _prepare(cam_images, cam_net, settings.image_size, None, "cam", progress)
         counts["cam"] = len(items)
         shown = (items[0].image[0].permute(1, 2, 0) * 255).round().byte().numpy()
         example = Example(shown, None)
         size = settings.cam_output_size or settings.output_size or settings.image_size
         for name in tqdm(names, desc="CAMs", disable=not progress, leave=False):
+            stages.start(f"CAMs: {name}")
             ok, upsample = _resolve(upsamplers[name], cam_net)
             if not ok:
                 continue
@@ -318,5 +350,6 @@ def compare_upsamplers(
                                        "features of the first test image")
     for name in names:
         rows[name]["upsample_s"] = timer.seconds.get(name, 0.0)  # 0 for low-res
+    stages.finish()
     return Comparison([rows[n] for n in names], examples, settings, counts,
                       list(class_names) if class_names is not None else None)

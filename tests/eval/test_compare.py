@@ -92,3 +92,15 @@ def test_missing_pieces_raise_with_a_fix(dense_backbone, sets):
                            progress=False)
     with pytest.raises(ValueError, match="probe_protocol"):
         CompareSettings(probe_protocol="fancy")
+
+
+def test_on_progress_is_told_each_stage_as_it_starts(dense_backbone, cam_backbone, sets):
+    told = []
+    compare_upsamplers(dense_backbone, {"low-res": None, "bilinear": load_upsampler("bilinear")}, num_classes=11,
+                       seg_train=sets["seg_train"], seg_test=sets["seg_test"], cam_images=sets["cam_images"],
+                       cam_backbone=cam_backbone, settings=settings(), progress=False,
+                       on_progress=lambda fraction, label: told.append((label, fraction)))
+    # 7 stages: two backbone passes and a probe per upsampler for segmentation, a pass and CAMs per upsampler
+    stages = ["seg train: backbone", "seg test: backbone", "seg probe: low-res", "seg probe: bilinear",
+              "cam: backbone", "CAMs: low-res", "CAMs: bilinear"]
+    assert told == [(label, pytest.approx(i / 7)) for i, label in enumerate(stages)] + [("done", 1.0)]
