@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 
+from featup.data.images import ImageError, decode_rgb
 from featup.io import read_bytes
 
 __all__ = ["list_sample_photos", "load_image", "sample_photos", "to_tensor"]
@@ -75,22 +75,19 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def load_image(path_or_url: str, storage_options: Mapping | None = None) -> np.ndarray:
-    """Read an image file (local path or fsspec URL) as H×W×3 uint8 RGB; greyscale/RGBA/CMYK are converted."""
-    from PIL import Image, UnidentifiedImageError
+    """Read an image file (local path or fsspec URL) as H×W×3 uint8 RGB; greyscale/RGBA/CMYK/16-bit are converted.
 
+    Decoded by :func:`featup.data.images.decode_rgb`, as ingest decodes a dataset's images; a file that cannot be
+    used raises ValueError naming it and what is wrong, a missing one FileNotFoundError naming it.
+    """
     try:
         data = read_bytes(path_or_url, storage_options)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"image not found: {path_or_url}") from e
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except UnidentifiedImageError as e:  # its message names the in-memory buffer, not the file: say it ourselves
-        raise ValueError(f"{path_or_url} is not a readable image (not a format Pillow knows); is the file corrupt "
-                         "or truncated?") from e
-    except OSError as e:  # e.g. "image file is truncated (3 bytes not processed)"
-        raise ValueError(f"{path_or_url} is not a readable image ({e}); is the file corrupt or truncated?") from e
-    return np.array(image.convert("RGB"))
+        return decode_rgb(data, min_side=1)[0]  # any size: callers resize to their backbone
+    except ImageError as e:  # the reason only: Pillow's own message would name the in-memory buffer
+        raise ValueError(f"{path_or_url}: {e}") from None
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
