@@ -50,7 +50,7 @@ from featup.eval import (
     write_report,
 )
 from featup.eval.features import image_tensor
-from featup.training import fit_implicit, train_jbu
+from featup.training import fit_implicit, fit_implicit_batch, train_jbu
 from featup.upsamplers import create_upsampler, load_upsampler
 
 
@@ -77,11 +77,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--implicit-images", type=int, default=8, help="test images per task for the implicit tables")
     p.add_argument("--implicit-train", type=int, default=8,
                    help="train images per probe task for the implicit own-probe table (each one is a fit)")
+    p.add_argument("--implicit-batch", type=int, default=8, help="images fitted at once (fit_implicit_batch)")
     p.add_argument("--implicit-recipe", default="featup", help="featup.training.implicit.RECIPES name")
     p.add_argument("--implicit-steps", type=int, help="override the recipe's fitting steps")
     p.add_argument("--implicit-views", type=int, help="override the recipe's view pool")
     p.add_argument("--implicit-views-per-step", type=int, help="override the recipe's views per step")
-    p.add_argument("--skip", nargs="*", default=[], choices=["transfer", "implicit", "implicit-own"],
+    p.add_argument("--skip", nargs="*", default=[], choices=["main", "transfer", "implicit", "implicit-own"],
                    help="tables to leave out")
     return p.parse_args()
 
@@ -134,27 +135,43 @@ def only_for(module: nn.Module) -> Callable[[nn.Module], nn.Module | None]:
     return lambda backbone: module if backbone.dim == module.conv.in_channels else None
 
 
-def implicit(args: argparse.Namespace) -> Callable[[nn.Module], Callable]:
-    """Per-image implicit upsampling: fit to each image (featup.training.fit_implicit), then render.
+class ImplicitFits:
+    """Per-image implicit upsampling: fit to each image (featup.training), then render.
 
-    Fits are kept per (backbone, image), so a test image shared by two tables is fitted once.
+    Called with a backbone it gives the upsample function ``compare_upsamplers`` expects. Fits are kept per
+    (backbone, image), so a test image shared by two tables is fitted once, and ``prefit`` fits many
+    images as one batch (``fit_implicit_batch``: one MLP per image, shared matrix products) beforehand.
     """
-    overrides = {key: value for key, value in (("steps", args.implicit_steps), ("views", args.implicit_views),
-                                               ("views_per_step", args.implicit_views_per_step)) if value is not None}
-    fits: dict[tuple[str, bytes], nn.Module] = {}
 
-    def for_backbone(backbone: nn.Module) -> Callable:
+    def __init__(self, args: argparse.Namespace):
+        self.recipe, self.seed = args.implicit_recipe, args.seed
+        self.overrides = {key: value for key, value in (("steps", args.implicit_steps), ("views", args.implicit_views),
+                                                        ("views_per_step", args.implicit_views_per_step))
+                          if value is not None}
+        self.fits: dict[tuple[str, bytes], nn.Module] = {}
+
+    def prefit(self, backbone: nn.Module, samples: list[dict], size: int, batch: int) -> None:
+        """Fit the samples' images as compare_upsamplers will present them, ``batch`` at a time."""
+        images = torch.cat([image_tensor(image_tensor(s["image"]), size) for s in samples])
+        todo = [image for image in images if (backbone.id, image[None].numpy().tobytes()) not in self.fits]
+        for start in range(0, len(todo), batch):
+            chunk = torch.stack(todo[start:start + batch])
+            models = fit_implicit_batch(chunk, backbone, recipe=self.recipe, seed=self.seed, progress=False,
+                                        **self.overrides)
+            for image, model in zip(chunk, models, strict=True):
+                self.fits[(backbone.id, image[None].numpy().tobytes())] = model
+
+    def __call__(self, backbone: nn.Module) -> Callable:
         def fit_and_render(features: torch.Tensor, image01: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
             key = (backbone.id, image01.numpy().tobytes())
-            if key not in fits:
-                fits[key] = fit_implicit(image01, backbone, recipe=args.implicit_recipe, seed=args.seed,
-                                         progress=False, **overrides)
+            if key not in self.fits:
+                print(f"implicit: an image of {backbone.id} was not prefitted; fitting it alone", flush=True)
+                self.fits[key] = fit_implicit(image01, backbone, recipe=self.recipe, seed=self.seed, progress=False,
+                                              **self.overrides)
             with torch.no_grad():
-                return fits[key](features, image01, size)
+                return self.fits[key](features, image01, size)
 
         return fit_and_render
-
-    return for_backbone
 
 
 def main() -> None:
@@ -190,17 +207,26 @@ def main() -> None:
     imagenet = [ImageNetInfo().index_to_description(i).split(",")[0] for i in range(1000)]
 
     probes = {"seg_train": seg_train, "seg_test": seg_test, "depth_train": depth_train, "depth_test": depth_test}
-    tables = [("main", args.protocol, upsamplers, {**probes, "cam_images": cam_images})]
+    tables = [] if "main" in args.skip else [("main", args.protocol, upsamplers, {**probes, "cam_images": cam_images})]
     if "transfer" not in args.skip:
         tables.append(("transfer", "lowres", upsamplers, probes))
     if args.implicit_images > 0:
         k, n = args.implicit_images, args.implicit_train
-        with_implicit = {**upsamplers, "implicit": implicit(args)}
+        fits = ImplicitFits(args)
+        with_implicit = {**upsamplers, "implicit": fits}
         subset = {**probes, "seg_test": seg_test[:k], "depth_test": depth_test[:k],
                   "cam_images": [s for s in cam_images if s["meta"]["index"] == 0][:k]}
+        start = time.perf_counter()
+        own = "implicit-own" not in args.skip and n > 0
+        fits.prefit(dense, [*seg_test[:k], *depth_test[:k], *((seg_train[:n] + depth_train[:n]) if own else [])],
+                    size, args.implicit_batch)
+        if "implicit" not in args.skip:
+            fits.prefit(head, subset["cam_images"], size, args.implicit_batch)
+        print(f"implicit: {len(fits.fits)} fits in {time.perf_counter() - start:.0f} s, "
+              f"batches of {args.implicit_batch}", flush=True)
         if "implicit" not in args.skip:
             tables.append(("implicit", "lowres", with_implicit, subset))
-        if "implicit-own" not in args.skip and n > 0:
+        if own:
             # Own probes need implicit features of every training image: each is a fit, so fewer of them.
             tables.append(("implicit-own", "own", with_implicit,
                            {"seg_train": seg_train[:n], "seg_test": seg_test[:k], "depth_train": depth_train[:n],
