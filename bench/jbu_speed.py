@@ -13,6 +13,7 @@ just before the call.
 
     python bench/jbu_speed.py                 # forward: 112 channels → 224², batch 8
     python bench/jbu_speed.py --train         # plus train_jbu steps at batch 4 × 5 jitters, 224 px
+    python bench/jbu_speed.py --threads 1     # one core each: the ratios a loaded machine disturbs least
 """
 
 from __future__ import annotations
@@ -154,11 +155,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--train", action="store_true", help="also time training steps (batch 4 × 5 jitters)")
     p.add_argument("--train-steps", type=int, default=2)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 compares per-core work, which "
+                   "other jobs on a shared machine disturb less than the parallel run")
     p.add_argument("--memory", nargs=3, metavar=("KIND", "PATH", "INPUTS"), help=argparse.SUPPRESS)  # in the child
     args = p.parse_args()
     if args.memory:
         print(json.dumps({"peak": measure_memory(*args.memory)}))
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     backbone, photos, images, jbu = setup(args.batch)
     print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; efficientnet_lite0 "
           f"stride 16 ({backbone.dim} ch), batch {args.batch}, 224 px\n")
