@@ -2,11 +2,11 @@
 
 Three tables, like Table 1 of the FeatUp paper, on sets that build offline (featup.data.offline):
 
-- main: low-res, bilinear, the classical joint bilateral filter (untrained), resize-conv, JBU; CAM
+- main: lowres, bilinear, the classical joint bilateral filter (untrained), resize-conv, JBU; CAM
   faithfulness on crops of the real photos (stride-32
   head with its ImageNet classifier), segmentation probes on Fashion-MNIST mosaics and depth probes on
   ray-cast scenes (stride-16 tap), each probe trained on that upsampler's own features (--protocol);
-- transfer: the same probe tasks with ONE probe trained on low-res features and applied to every
+- transfer: the same probe tasks with ONE probe trained on lowres features and applied to every
   upsampler's features (FeatUp's "drop-in" claim);
 - implicit: every upsampler plus the per-image implicit one (its default recipe), on the first
   --implicit-images test images of each task (implicit fitting is the slow part), probes as in "transfer";
@@ -191,7 +191,7 @@ def main() -> None:
 
     jbu, jbu_source = learned_upsampler("jbu", args.jbu_checkpoint, dense, unlabelled, args)
     conv, conv_source = learned_upsampler("resize_conv", args.resize_conv_checkpoint, dense, unlabelled, args)
-    upsamplers = {"low-res": None, "bilinear": load_upsampler("bilinear"),
+    upsamplers = {"lowres": None, "bilinear": load_upsampler("bilinear"),
                   "bilateral": create_upsampler("bilateral").eval(), "resize-conv": only_for(conv),
                   "jbu": jbu_for(jbu, given=args.jbu_checkpoint is not None)}
     common = {"image_size": size, "cam_output_size": args.cam_output_size, "seg_steps": args.probe_steps,

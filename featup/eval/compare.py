@@ -215,7 +215,7 @@ def _run_probe_task(task: str, names: Sequence[str], usable: Mapping[str, Upsamp
         return fit_depth_probe(pairs, pixels_per_image=settings.pixels_per_image, steps=settings.depth_steps,
                                seed=settings.seed)
 
-    shared = fit(_pairs(train, "low-res", None, settings, _Timer())) if settings.probe_protocol == "lowres" else None
+    shared = fit(_pairs(train, "lowres", None, settings, _Timer())) if settings.probe_protocol == "lowres" else None
     metrics, features, predictions = {}, {}, {}
     for name in tqdm(names, desc=f"{task} probes", disable=not progress, leave=False):
         stages.start(f"{task} probe: {name}")
