@@ -36,6 +36,7 @@ at::Tensor tap_planes(const scalar_t* filters, const AdaptiveConvShape& s, at::S
   const int64_t H = s.H, W = s.W, Hz = H + 2 * (D - 1), Wz = W + 2 * (D - 1);
   // Every element is written once (border rows and columns with 0): no separate zero-fill pass.
   at::Tensor kz = at::empty({s.B, P, Hz, Wz}, at::TensorOptions().dtype(acc_dtype));
+  advise_huge_pages(kz);
   using T = at::opmath_type<scalar_t>;
   T* out = kz.mutable_data_ptr<T>();
   at::parallel_for(0, s.B * Hz, 1, [&](int64_t r0, int64_t r1) {
@@ -190,6 +191,7 @@ at::Tensor forward_cpu(const at::Tensor& x_padded, const at::Tensor& filters) {
   const at::Tensor x = x_padded.contiguous(), k = filters.contiguous();
   at::Tensor out = at::empty({s.B, s.C, s.H, s.W}, x.options());
   if (out.numel() == 0) return out;
+  advise_huge_pages(out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adaptive_conv_forward_cpu", [&] {
     dispatch_window(s.d, "featup::adaptive_conv_forward", [&](auto window) {
       forward_kernel<scalar_t, decltype(window)::value>(
@@ -205,6 +207,8 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out, cons
   const at::Tensor g = grad_out.contiguous(), x = x_padded.contiguous(), k = filters.contiguous();
   if (s.B * s.H * s.W == 0) return {at::zeros_like(x), at::zeros_like(k)};
   at::Tensor dx = at::empty_like(x), dk = at::empty_like(k);
+  advise_huge_pages(dx);
+  advise_huge_pages(dk);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adaptive_conv_backward_cpu", [&] {
     dispatch_window(s.d, "featup::adaptive_conv_backward", [&](auto window) {
       constexpr int D = decltype(window)::value;
@@ -227,6 +231,7 @@ at::Tensor filter_grad_cpu(const at::Tensor& grad_out, const at::Tensor& x_padde
   at::Tensor dk = at::empty({grad_out.size(0), grad_out.size(2), grad_out.size(3), d, d}, x_padded.options());
   const AdaptiveConvShape s = check_backward_args(grad_out, x_padded, dk, op);
   if (s.B * s.H * s.W == 0) return dk;
+  advise_huge_pages(dk);
   const at::Tensor g = grad_out.contiguous(), x = x_padded.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adaptive_conv_filter_grad_cpu", [&] {
     dispatch_window(s.d, op, [&](auto window) {
@@ -246,6 +251,7 @@ at::Tensor input_grad_cpu(const at::Tensor& grad_out, const at::Tensor& filters)
                             grad_out.options());
   const AdaptiveConvShape s = check_backward_args(grad_out, dx, filters, op);
   if (s.B * s.H * s.W == 0) return dx.zero_();
+  advise_huge_pages(dx);
   const at::Tensor g = grad_out.contiguous(), k = filters.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "adaptive_conv_input_grad_cpu", [&] {
     dispatch_window(s.d, op, [&](auto window) {

@@ -35,6 +35,7 @@ namespace {
 
 constexpr int64_t kMaxGuidance = 8;  // guidance channels a tile keeps beside its d² filter values
 
+
 // The element-wise steps run on Half vectors (cpu_tiles.h): GCC turns comparisons and selects on them into single
 // AVX2/AVX-512 instructions, but scalarises them on 16-wide vectors.
 template <typename T>
@@ -244,6 +245,7 @@ at::Tensor jbu_layer_forward_cpu(const at::Tensor& source_padded, const at::Tens
   for (int k = 0; k < 9; ++k) check_float(inputs[k], op, names[k], dtype, queries.device());
   at::Tensor out = at::empty({s.B, s.C, s.H, s.W}, queries.options());
   if (out.numel() == 0) return out;
+  advise_huge_pages(out);
   const at::Tensor src = source_padded.contiguous(), q = queries.contiguous(), k = keys_padded.contiguous(),
                    g = guidance.contiguous(), sp = spatial_logits.contiguous(), w1c = w1.contiguous(),
                    b1c = b1.contiguous(), w2c = w2.contiguous(), b2c = b2.contiguous(), hs = hidden_scale.contiguous();
@@ -353,6 +355,7 @@ at::Tensor bicubic_pad_forward_cpu(const at::Tensor& source, int64_t height, int
   const int64_t planes = src.size(0) * src.size(1), h = src.size(2), w = src.size(3);
   const int64_t Ho = height + 2 * pad, Wo = width + 2 * pad;
   at::Tensor out = at::empty({src.size(0), src.size(1), Ho, Wo}, src.options());
+  advise_huge_pages(out);
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "bicubic_pad_forward_cpu", [&] {
     const CubicAxis<scalar_t> ax(w, width, pad), ay(h, height, pad);
     const scalar_t* sp = src.const_data_ptr<scalar_t>();
