@@ -28,6 +28,11 @@ Two departures from the published layer, both optional and both loading the same
   upsampler (``featup.upsamplers.bilateral``): keys are the image's colours over the colour sigma, the
   fixups start at zero. Training then starts from an upsampler that already follows edges.
 
+Where no gradient is wanted and the compiled CPU kernels are built (float32/float64, radius ≤ 4), a layer runs as
+one fused pass per block of output rows (``featup.ops.jbu_layer``) that never writes its B×d²×H×W filters; with
+autograd, on CUDA or for other dtypes it is composed from ``adaptive_conv``, ``neighbour_products`` and PyTorch
+ops. Both give the same outputs, random draws included.
+
 The stack's final 1×1 fixup is applied to the low-resolution features before the layers: the layers are
 linear and treat every channel alike, so the result is the same (its Dropout2d mask included) at
 ``grid`` pixels instead of ``output`` pixels.
