@@ -28,11 +28,19 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from featup.io import StorageRoot
+from featup_flows.params import check_backbone, check_local_input
 from featup.pipeline import PrecomputeOptions
 
 Upsampler = Literal["jbu", "implicit", "bilinear", "resize_conv"]
 DEFAULT_LOCK_DIR = os.path.join(Path.home(), ".prefect", "featup-shard-locks")
 REDIS_URL_ENV = "FEATUP_REDIS_URL"
+
+
+def check_arguments(params: dict[str, Any]) -> None:
+    """A known backbone; local shards, checkpoint and weights that exist (before any server or model starts)."""
+    check_backbone("backbone", params["backbone"])
+    for name in ("shards", "checkpoint", "weights"):
+        check_local_input(name, params.get(name))
 
 
 @flow(name="precompute-features", log_prints=True)
@@ -98,6 +106,7 @@ def precompute_features(
             redis://host:6379/0); default: the FEATUP_REDIS_URL environment variable, else lock_dir.
         storage_secret: Name of a Prefect Secret block holding fsspec storage options as JSON.
     """
+    check_arguments(locals())
     logger = get_run_logger()
     redis_url = redis_url or os.environ.get(REDIS_URL_ENV) or None
     storage = storage_options(storage_secret)  # one Secret read; every location below carries its options
