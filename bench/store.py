@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from featup.data.manifest import Manifest, ShardInfo
-from featup.data.storage import filesystem
+from featup.io import filesystem
 from featup.store import FeatureSpec, FeatureStore, create_feature_store
 
 

@@ -34,8 +34,7 @@ from featup.data.images import (
 )
 from featup.data.manifest import read_manifest
 from featup.data.samples import IGNORE_INDEX, BadSample
-from featup.data.storage import StorageOptions
-from featup.io import TransientError, is_transient, open_read
+from featup.io import StorageOptions, TransientError, is_transient, open_read
 
 # members webdataset skips: its own metadata (a leading __name__ file or folder)
 _META = re.compile(r"__[^/]*__($|/)")

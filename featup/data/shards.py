@@ -19,7 +19,7 @@ import featup
 from featup.data.images import encode_depth, encode_image, encode_label
 from featup.data.manifest import Manifest, ShardInfo, manifest_url, write_manifest
 from featup.data.samples import IGNORE_INDEX, BadSample, Sample, check_sample
-from featup.data.storage import StorageOptions, atomic_write, exists, join_url
+from featup.io import StorageOptions, atomic_write, exists, join_url
 
 log = logging.getLogger(__name__)
 

@@ -6,18 +6,6 @@ from typing import IO, Any
 
 import fsspec
 
-# The fsspec helpers live in featup.io; imported here so that data modules keep their import paths.
-from featup.io.files import (  # noqa: F401
-    StorageOptions,
-    atomic_write,
-    exists,
-    filesystem,
-    is_local,
-    join_url,
-    local_path,
-    read_bytes,
-)
-
 
 def fsspec_gopen(url: str, mode: str = "rb", bufsize: int = 8192, **storage_options: Any) -> IO[bytes]:
     """A ``webdataset.gopen`` handler that opens any fsspec URL; keyword arguments are storage options."""

@@ -23,8 +23,8 @@ from featup.data.reading import (
 )
 from featup.data.samples import BadSample
 from featup.data.shards import write_shards
-from featup.data.storage import filesystem, register_gopen_schemes
-from featup.io import TransientError
+from featup.data.storage import register_gopen_schemes
+from featup.io import TransientError, filesystem
 
 
 def write_toy(url, n=6, *, size=(20, 30), max_count=3, storage_options=None):

@@ -10,7 +10,7 @@ import pytest
 from featup.data.manifest import read_manifest
 from featup.data.samples import BadSample
 from featup.data.shards import encode_sample, write_shards
-from featup.data.storage import exists, filesystem
+from featup.io import exists, filesystem
 
 
 def make_samples(n, *, size=(24, 32), label=True, depth=False, seed=0):

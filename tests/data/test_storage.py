@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from featup.data.storage import atomic_write, exists, filesystem, join_url, read_bytes
+from featup.io import atomic_write, exists, filesystem, join_url, read_bytes
 
 
 def test_join_url_for_paths_and_urls():

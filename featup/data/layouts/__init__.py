@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from featup.data.layouts import ade20k, cocostuff, folder, offline, pool  # noqa: F401  (each registers its layout)
-from featup.data.layouts._registry import LayoutSource, get_layout, list_layouts, register_layout
+from featup.data.layouts._registry import (
+    LayoutSource,
+    get_layout,
+    list_layouts,
+    register_layout,
+)
 from featup.data.manifest import Manifest
 from featup.data.shards import write_shards
-from featup.data.storage import StorageOptions
+from featup.io import StorageOptions
 
 __all__ = ["LayoutSource", "get_layout", "ingest", "list_layouts", "register_layout"]
 

@@ -9,8 +9,7 @@ import numpy as np
 
 from featup.data.images import ImageError, decode_depth, decode_label, decode_rgb
 from featup.data.samples import key_for_name
-from featup.data.storage import StorageOptions, filesystem
-from featup.io import is_transient
+from featup.io import StorageOptions, filesystem, is_transient
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff", ".gif")
 DEPTH_SUFFIXES = (".npy", ".png")

@@ -19,7 +19,7 @@ from featup.data.images import MIN_SIDE
 from featup.data.layouts._registry import LayoutSource, register_layout
 from featup.data.layouts._tree import SourceTree, key_for, read_labelled
 from featup.data.samples import IGNORE_INDEX, BadSample, Sample
-from featup.data.storage import StorageOptions
+from featup.io import StorageOptions
 
 # objectInfo150 order: annotation value k (1..150) is CLASSES[k - 1].
 CLASSES = (

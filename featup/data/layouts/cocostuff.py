@@ -21,7 +21,7 @@ from featup.data.images import MIN_SIDE
 from featup.data.layouts._registry import LayoutSource, register_layout
 from featup.data.layouts._tree import SourceTree, key_for, read_labelled
 from featup.data.samples import IGNORE_INDEX, BadSample, Sample
-from featup.data.storage import StorageOptions
+from featup.io import StorageOptions
 
 # COCO-Stuff labels.txt ids 1..182 (value in the PNG = id - 1); 11 thing ids are unused by COCO.
 FINE_CLASSES = (

@@ -9,7 +9,7 @@ from featup.data.images import MIN_SIDE, ImageError, decode_rgb
 from featup.data.layouts._registry import LayoutSource, register_layout
 from featup.data.layouts._tree import SourceTree, key_for, read_depth, unreadable
 from featup.data.samples import BadSample, Sample
-from featup.data.storage import StorageOptions
+from featup.io import StorageOptions
 
 
 @register_layout("folder")

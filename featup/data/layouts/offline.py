@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from featup.data import offline
 from featup.data.layouts._registry import LayoutSource, register_layout
-from featup.data.storage import StorageOptions
+from featup.io import StorageOptions
 
 
 def _root(source: str) -> str | None:

@@ -26,7 +26,7 @@ from PIL import Image
 from featup.data.images import ImageError, decode_rgb
 from featup.data.layouts._registry import LayoutSource, register_layout
 from featup.data.samples import BadSample, Sample
-from featup.data.storage import StorageOptions
+from featup.io import StorageOptions
 
 __all__ = ["DEFAULT_FOLDERS", "HELD_OUT", "pool_images", "pool_sources"]
 

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from featup._registry import Registry
-from featup.data.layouts import LayoutSource, _registry, get_layout, ingest, list_layouts, register_layout
+from featup.data.layouts import (
+    LayoutSource,
+    _registry,
+    get_layout,
+    ingest,
+    list_layouts,
+    register_layout,
+)
 
 
 def test_builtin_layouts_are_registered():
