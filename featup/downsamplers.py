@@ -20,20 +20,32 @@ __all__ = ["AttentionDownsampler", "SimpleDownsampler", "gaussian_blur"]
 
 def gaussian_blur(x: torch.Tensor, kernel_size: int = 5, sigma: float = 1.0) -> torch.Tensor:
     """Blur each channel of a B×C×H×W map with a normalised Gaussian (reflect border), as two 1-D passes."""
-    return _blur(x, kernel_size, sigma)
-
-
-def _blur(x: torch.Tensor, kernel_size: int = 5, sigma: float = 1.0, extra_rows: int = 0,
-          extra_cols: int = 0) -> torch.Tensor:
-    """gaussian_blur, optionally with extra reflected rows / columns at the bottom / right of the output."""
     radius = kernel_size // 2
-    taps = torch.arange(kernel_size, device=x.device, dtype=x.dtype) - radius
-    kernel = torch.exp(-taps.square() / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
+    kernel = _gaussian_taps(kernel_size, sigma, x)
     c = x.shape[1]
-    x = F.pad(x, [radius, radius + extra_cols, radius, radius + extra_rows], mode="reflect")
+    x = F.pad(x, [radius] * 4, mode="reflect")
     x = F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     return F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+
+
+def _gaussian_taps(kernel_size: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
+    taps = torch.arange(kernel_size, device=like.device, dtype=like.dtype) - kernel_size // 2
+    kernel = torch.exp(-taps.square() / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
+def _blurred_taps(attn: torch.Tensor, kernel_size: int = 5, sigma: float = 1.0) -> torch.Tensor:
+    """Window weights B×h×w×k×k of blurred features as weights B×h×w×(k+K−1)² of the unblurred ones.
+
+    A weighted sum of Gaussian-blurred values is a weighted sum of the raw values under the weights'
+    full convolution with the (symmetric) Gaussian: blurring the k² weights of each window instead of
+    every channel of the high-res features is exact and costs a small fraction of it.
+    """
+    b, h, w, k, _ = attn.shape
+    g = _gaussian_taps(kernel_size, sigma, attn)
+    out = F.conv2d(attn.reshape(b * h * w, 1, k, k), (g[:, None] * g[None, :])[None, None],
+                   padding=kernel_size - 1)
+    return out.view(b, h, w, k + kernel_size - 1, k + kernel_size - 1)
 
 
 def _fit_span(x: torch.Tensor, output_size: tuple[int, int], kernel_size: int, stride: int,
@@ -140,17 +152,22 @@ class AttentionDownsampler(nn.Module):
         k, s, pad = self.kernel_size, self.stride, self.padding
         features = _fit_span(features, output_size, k, s, pad)
         saliency = gaussian_blur(_fit_span(saliency.to(features.dtype), output_size, k, s, pad))
-        # The block-wise window sum wants whole stride×stride blocks; the blur's padding supplies the few
-        # extra rows and columns (their weights are zero) instead of a separate copy of the features.
-        m = math.ceil(k / s)
-        extra_rows = (output_size[0] + m - 1) * s - features.shape[-2] - 2 * pad
-        extra_cols = (output_size[1] + m - 1) * s - features.shape[-1] - 2 * pad
         if pad:
-            values = F.pad(gaussian_blur(features), [pad, pad + extra_cols, pad, pad + extra_rows], mode="reflect")
             saliency = F.pad(saliency, [pad] * 4, mode="reflect")
+        # The windows pool blurred (and reflect-padded) features: the blur moves onto the window weights
+        # (``_blurred_taps``), its reflected border onto the features' padding.
+        attn = _blurred_taps(self.attention(saliency, output_size))
+        r = pad + 2
+        # The block-wise window sum wants whole stride×stride blocks; the same padding supplies the few extra
+        # rows and columns (their weights are zero) unless the features are too small to reflect that far.
+        m = math.ceil(attn.shape[-1] / s)
+        extra_rows = (output_size[0] + m - 1) * s - features.shape[-2] - 2 * r
+        extra_cols = (output_size[1] + m - 1) * s - features.shape[-1] - 2 * r
+        if r + max(extra_rows, extra_cols) < min(features.shape[-2:]):
+            values = F.pad(features, [r, r + extra_cols, r, r + extra_rows], mode="reflect")
         else:
-            values = _blur(features, extra_rows=extra_rows, extra_cols=extra_cols)
-        return _window_sum(values, self.attention(saliency, output_size), s)
+            values = F.pad(features, [r] * 4, mode="reflect")
+        return _window_sum(values, attn, s)
 
 
 def _window_sum(x: torch.Tensor, attn: torch.Tensor, stride: int) -> torch.Tensor:

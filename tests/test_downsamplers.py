@@ -26,6 +26,18 @@ def test_attention_matches_unfolded_reference(kernel_size, stride, size):
     torch.testing.assert_close(d(hr, size), reference_attention(d, hr, size), atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("stride,padding,size", [(16, 0, (14, 14)), (16, 4, (3, 4)), (6, 2, (5, 3)), (3, 1, (2, 2))])
+def test_attention_matches_unfolded_reference_at_patch_strides_and_with_padding(stride, padding, size):
+    # The blur is applied to the window weights, not the features: the borders (reflected) must still agree.
+    torch.manual_seed(0)
+    kernel_size = stride + 2 * padding
+    d = AttentionDownsampler(5, kernel_size, stride, padding=padding).double().eval()
+    hr = torch.randn(2, 5, stride * (size[0] - 1) + kernel_size - 2 * padding,
+                     stride * (size[1] - 1) + kernel_size - 2 * padding, dtype=torch.float64)
+    padded = F.pad(gaussian_blur(hr), [padding] * 4, mode="reflect")
+    torch.testing.assert_close(d(hr, size), reference_attention(d, padded, size, blurred=True), atol=1e-12, rtol=0)
+
+
 def test_attention_with_precomputed_saliency_pools_a_projection_exactly():
     torch.manual_seed(1)
     d = AttentionDownsampler(8, 6, 4).double().eval()

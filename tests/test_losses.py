@@ -88,10 +88,33 @@ def test_crf_loss_is_zero_for_constant_features_and_penalises_changes_within_a_c
     image = torch.zeros(1, 3, 16, 16)
     image[..., 8:] = 1.0
     constant = torch.ones(1, 4, 16, 16)
-    assert crf_loss(image, constant, torch.Generator().manual_seed(0), 200).item() == 0
+    assert crf_loss(image, constant, torch.Generator().manual_seed(0), 200).item() < 1e-10
     along_colours = image[:, :1].expand(1, 4, 16, 16)  # changes only where the colour does
     across_colours = torch.randn(1, 4, 16, 16, generator=g)
     assert (crf_loss(image, along_colours, torch.Generator().manual_seed(0), 200)
             < crf_loss(image, across_colours, torch.Generator().manual_seed(0), 200))
     with pytest.raises(ValueError, match="same batch and size"):
         crf_loss(image, torch.ones(1, 4, 8, 8), g)
+
+
+def test_crf_loss_matches_the_direct_pairwise_sum_in_value_and_gradient():
+    from featup.losses import crf_loss
+
+    g = torch.Generator().manual_seed(3)
+    image = torch.rand(2, 3, 12, 10, generator=g)
+    features = (torch.randn(2, 5, 12, 10, generator=g) * 3 + 7).requires_grad_()
+    fast = crf_loss(image, features, torch.Generator().manual_seed(1), 50)
+    (fast_grad,) = torch.autograd.grad(fast, features)
+
+    gen = torch.Generator().manual_seed(1)
+    ys, xs = torch.randint(0, 12, (50,), generator=gen), torch.randint(0, 10, (50,), generator=gen)
+    coords = torch.stack([ys / 12, xs / 10])
+    du = (coords[:, :, None] - coords[:, None, :]).square().sum(0)
+    colours = image[:, :, ys, xs]
+    dg = (colours[..., None] - colours[..., None, :]).square().sum(1)
+    kernel = 10 * torch.exp(-du / 0.2 - dg / 0.3) + 3 * torch.exp(-du / 0.01)
+    picked = features[:, :, ys, xs]
+    direct = ((picked[..., None] - picked[..., None, :]).square().sum(1) * kernel).mean()
+    (direct_grad,) = torch.autograd.grad(direct, features)
+    torch.testing.assert_close(fast, direct, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast_grad, direct_grad, rtol=1e-4, atol=1e-6)

@@ -118,9 +118,11 @@ def test_fit_implicit_with_random_projections(backbone, images):
     assert model.proj_dim == DIM
 
 
-def test_wide_features_train_through_their_projections_with_the_same_values():
+@pytest.mark.parametrize("dim", [40, 8])
+def test_wide_features_train_through_their_projections_with_the_same_values(dim):
     # A 1280-channel head must not upsample all its channels each step: the views' projections (and the
-    # saliency's weights) go through the JBU instead. With dropout off both routes give the same numbers.
+    # saliency's weights) go through the JBU instead (dim 40 > 11 columns); narrow features take the full
+    # route (dim 8). With dropout off both give the numbers of upsampling, projecting and pooling directly.
     from torch import nn
 
     from featup.downsamplers import AttentionDownsampler
@@ -129,7 +131,7 @@ def test_wide_features_train_through_their_projections_with_the_same_values():
     from featup.upsamplers import JBUStack
 
     torch.manual_seed(0)
-    dim, views, d = 40, 2, 5
+    views, d = 2, 5
     parts = nn.ModuleDict({"upsampler": JBUStack(dim), "downsampler": AttentionDownsampler(dim, 4, 4)})
     nn.init.normal_(parts["upsampler"].fixup_proj[1].weight, std=0.2)
     for module in parts.modules():

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from featup.downsamplers import AttentionDownsampler, _blur, _fit_span, _window_sum, gaussian_blur
+from featup.downsamplers import AttentionDownsampler, _fit_span, _window_sum, gaussian_blur
 from featup.jitter import Jitter, apply_jitter, sample_jitter
 from featup.losses import (
     UncertaintyScale,
@@ -243,10 +243,7 @@ class _BatchFit:
         m = math.ceil(k / s)
         extra_rows = (self.grid[0] + m - 1) * s - features.shape[-2] - 2 * pad
         extra_cols = (self.grid[1] + m - 1) * s - features.shape[-1] - 2 * pad
-        if pad:
-            padded = F.pad(gaussian_blur(features), [pad, pad + extra_cols, pad, pad + extra_rows], mode="reflect")
-        else:
-            padded = _blur(features, extra_rows=extra_rows, extra_cols=extra_cols)
+        padded = F.pad(gaussian_blur(features), [pad, pad + extra_cols, pad, pad + extra_rows], mode="reflect")
         return _window_sum(padded, attention, s)
 
     def _pool_fast(self, values: torch.Tensor, attention: torch.Tensor, idx: list[torch.Tensor]) -> torch.Tensor:

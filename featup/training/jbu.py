@@ -261,20 +261,16 @@ def _upsampled_views(parts: nn.ModuleDict, features: torch.Tensor, image: torch.
                      num_jitters: int, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Each view's projected high-res features ((B·J)×D×H×W, in RMS units) and their saliency logits (or None).
 
-    A JBU stack with more channels than the views' projections need runs on the projections instead
-    (``JBUStack.forward_projected``, exact): the attention saliency's Linear(C→1) rides along as one more
-    column, its input dropout then masking whole channels per image instead of single values.
+    The views' projections and the attention saliency's Linear(C→1) (one more column) are applied as one
+    matrix product. Its input dropout masks whole channels per image: drawing a mask for every high-res
+    value cost a quarter of a training step. A JBU stack with more channels than those columns runs on the
+    columns instead (``JBUStack.forward_projected``, exact), so a 1280-channel head never upsamples 1280 maps.
     """
     upsampler, downsampler = parts["upsampler"], parts["downsampler"]
     b, dim = features.shape[:2]
     per_view = projection.view(b, num_jitters, dim, -1)
     d = per_view.shape[-1]
     attention = isinstance(downsampler, AttentionDownsampler)
-    if not (isinstance(upsampler, JBUStack) and num_jitters * d + attention < dim):
-        hr = upsampler(features, image) / unit
-        values = torch.einsum("bchw,bjcd->bjdhw", hr, per_view).flatten(0, 1)
-        saliency = downsampler.saliency_logits(hr).repeat_interleave(num_jitters, 0) if attention else None
-        return values, saliency
     columns = per_view.permute(0, 2, 1, 3).flatten(2)  # B×dim×(J·D), view-major like the views
     if attention:
         weight = downsampler.saliency.weight[0].expand(b, dim)
@@ -282,12 +278,16 @@ def _upsampled_views(parts: nn.ModuleDict, features: torch.Tensor, image: torch.
             p = downsampler.dropout.p
             weight = weight * torch.bernoulli(torch.full((b, dim), 1 - p, device=weight.device)) / (1 - p)
         columns = torch.cat([columns, weight[..., None]], 2)
-    hr = upsampler.forward_projected(features, image, columns) / unit
-    values = hr[:, :num_jitters * d].unflatten(1, (num_jitters, d)).flatten(0, 1)
-    saliency = None
-    if attention:
-        saliency = (hr[:, -1:] + downsampler.saliency.bias).repeat_interleave(num_jitters, 0)
-    return values, saliency
+    columns = columns / unit  # the same as dividing the (far larger) upsampled features
+    if isinstance(upsampler, JBUStack) and columns.shape[-1] < dim:
+        hr = upsampler.forward_projected(features, image, columns)
+    else:
+        hr = torch.einsum("bchw,bck->bkhw", upsampler(features, image), columns.to(features.dtype))
+    if not attention:
+        return hr.unflatten(1, (num_jitters, d)).flatten(0, 1), None
+    values, logits = hr.split([num_jitters * d, 1], 1)  # a split's backward fills no zeros, unlike slicing
+    saliency = (logits + downsampler.saliency.bias).repeat_interleave(num_jitters, 0)
+    return values.unflatten(1, (num_jitters, d)).flatten(0, 1), saliency
 
 
 def _batch_indices(count: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
