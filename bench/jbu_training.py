@@ -41,7 +41,10 @@ VARIANTS: dict[str, dict] = {
     "from-bilateral-simple": {"downsampler": "simple"},
     "from-bilateral-crf": {"crf_weight": 0.001},
     "from-bilateral-lowjitter": {"max_pad": 8, "max_zoom": 1.5},
+    "from-bilateral-crf0.003": {"crf_weight": 0.003},
+    "from-bilateral-crf0.005": {"crf_weight": 0.005},
     "from-bilateral-crf0.01": {"crf_weight": 0.01},
+    "from-bilateral-crf0.02": {"crf_weight": 0.02},
     "from-bilateral-fixed-spatial": {"frozen": ("sigma_spatial",)},
 }
 
@@ -54,6 +57,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--num-jitters", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--head-lr", type=float, help="rate of the downsampler and uncertainty net (default: --lr)")
     p.add_argument("--crops-per-photo", type=int, default=4, help="training crops of each offline photo")
     p.add_argument("--out", default="featup-out/jbu-ablations")
     args = p.parse_args()
@@ -83,7 +87,7 @@ def main() -> None:
             for key, parameter in options["upsampler"].named_parameters():
                 parameter.requires_grad_(not key.endswith(frozen))
         jbu, history = train_jbu(backbone, crops, args.steps, batch_size=args.batch_size, num_jitters=args.num_jitters,
-                                 lr=args.lr, seed=0, progress=False, checkpoint=os.path.join(args.out, f"{name}.pt"),
+                                 lr=args.lr, head_lr=args.head_lr, seed=0, progress=False, checkpoint=os.path.join(args.out, f"{name}.pt"),
                                  checkpoint_every=args.steps, **options)
         seconds = (time.perf_counter() - start) / max(args.steps, 1)
         outputs[name] = upsample(jbu, low, images)
