@@ -8,6 +8,10 @@ horizontal flip) resized to ``size``: a few hundred distinct training views from
 Debian's ``opencv-doc`` sample images are never taken, even when a folder holds them: they are the held-out
 evaluation set. A file that cannot be read is recorded as a bad sample, never fatal.
 
+``offline_images`` adds that many train-split images of each offline evaluation set (`featup.data.offline`:
+Fashion-MNIST mosaics and ray-cast depth scenes), without their labels or depth: the JBU learns on the domain
+it is evaluated on, as FeatUp's trains on COCO for COCO, and never sees a test-split image.
+
     featup ingest --source - --output featup-out/shards/pool --layout pool --options '{"crops_per_image": 8}'
 
 For training on your own data, ingest it with the ``folder``, ``cocostuff`` or ``ade20k`` layout instead
@@ -17,6 +21,7 @@ and pass those shards to ``featup train-jbu --shards``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -28,7 +33,7 @@ from featup.data.layouts._registry import LayoutSource, register_layout
 from featup.data.samples import BadSample, Sample
 from featup.io import StorageOptions
 
-__all__ = ["DEFAULT_FOLDERS", "HELD_OUT", "pool_images", "pool_sources"]
+__all__ = ["DEFAULT_FOLDERS", "HELD_OUT", "offline_train_images", "pool_images", "pool_sources"]
 
 DEFAULT_FOLDERS = ("/usr/share/backgrounds",)
 HELD_OUT = "opencv"  # any path naming it is held out (Debian's opencv-doc samples: the evaluation set)
@@ -79,10 +84,26 @@ def pool_images(crops_per_image: int = 8, *, size: int = 224, seed: int = 0,
                    "meta": {"set": "pool", "source": source, "crop": [y, x, y + side, x + side]}}
 
 
+def offline_train_images(count: int, *, size: int = 224, seed: int = 0) -> Iterator[Sample]:
+    """``count`` train-split images of each offline evaluation set, unlabelled (no label, no depth)."""
+    from featup.data import offline
+
+    if count < 0:
+        raise ValueError(f"need offline_images >= 0, got {count}")
+    for name, images in (("fashion_mosaics", offline.fashion_mosaics(count, seed=seed, split="train", size=size)),
+                         ("depth_scenes", offline.depth_scenes(count, seed=seed, split="train", size=size))):
+        for j, sample in enumerate(images):
+            yield {"__key__": f"pool-{name}-{j:05d}", "image": sample["image"], "label": None, "depth": None,
+                   "meta": {"set": "pool", "source": f"{name}:train", "seed": seed, "index": j}}
+
+
 @register_layout("pool")
-def pool(source: str = "-", *, crops_per_image: int = 8, seed: int = 0, size: int = 224,
+def pool(source: str = "-", *, crops_per_image: int = 8, offline_images: int = 0, seed: int = 0, size: int = 224,
          folders: Sequence[str] = DEFAULT_FOLDERS, storage_options: StorageOptions = None) -> LayoutSource:
-    """Unlabelled training crops of every photo installed packages ship (``source`` is ignored: ``-``)."""
-    return LayoutSource(pool_images(crops_per_image, size=size, seed=seed, folders=folders), None,
-                        {"set": "pool", "crops_per_image": crops_per_image, "seed": seed, "size": size,
-                         "sources": len(pool_sources(folders))})
+    """Unlabelled training crops of every photo installed packages ship (``source`` is ignored: ``-``), and
+    optionally ``offline_images`` unlabelled train-split images of each offline evaluation set."""
+    samples = itertools.chain(pool_images(crops_per_image, size=size, seed=seed, folders=folders),
+                              offline_train_images(offline_images, size=size, seed=seed))
+    return LayoutSource(samples, None, {"set": "pool", "crops_per_image": crops_per_image,
+                                        "offline_images": offline_images, "seed": seed, "size": size,
+                                        "sources": len(pool_sources(folders))})

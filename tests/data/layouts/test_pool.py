@@ -43,3 +43,17 @@ def test_pool_is_an_ingest_layout(tmp_path):
     found = get_layout("pool")("-", crops_per_image=1, size=32, folders=[str(tmp_path)])
     assert found.meta["sources"] == len(pool_sources([str(tmp_path)]))
     assert sum(1 for _ in found.samples) == found.meta["sources"]
+
+
+def test_pool_adds_unlabelled_train_images_of_the_offline_sets_and_no_test_image(tmp_path):
+    from featup.data import offline
+
+    found = get_layout("pool")("-", crops_per_image=1, offline_images=2, size=32, folders=[str(tmp_path)])
+    extra = [s for s in found.samples if not s["meta"]["source"].startswith("photo:")]
+    assert [s["meta"]["source"] for s in extra] == ["fashion_mosaics:train"] * 2 + ["depth_scenes:train"] * 2
+    assert all(s["label"] is None and s["depth"] is None for s in extra)
+    assert len({s["__key__"] for s in extra}) == 4
+    train = [m["image"] for m in offline.fashion_mosaics(2, split="train", size=32)]
+    test = [m["image"] for m in offline.fashion_mosaics(2, split="test", size=32)]
+    assert all(np.array_equal(s["image"], t) for s, t in zip(extra[:2], train, strict=True))
+    assert not any(np.array_equal(s["image"], t) for s in extra for t in test)
