@@ -82,6 +82,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--implicit-steps", type=int, help="override the recipe's fitting steps")
     p.add_argument("--implicit-views", type=int, help="override the recipe's view pool")
     p.add_argument("--implicit-views-per-step", type=int, help="override the recipe's views per step")
+    p.add_argument("--implicit-options", type=json.loads, default={},
+                   help='JSON of any other recipe fields to override, e.g. \'{"guide_iterations": 3}\'')
     p.add_argument("--skip", nargs="*", default=[], choices=["main", "transfer", "implicit", "implicit-own"],
                    help="tables to leave out")
     return p.parse_args()
@@ -147,7 +149,7 @@ class ImplicitFits:
         self.recipe, self.seed = args.implicit_recipe, args.seed
         self.overrides = {key: value for key, value in (("steps", args.implicit_steps), ("views", args.implicit_views),
                                                         ("views_per_step", args.implicit_views_per_step))
-                          if value is not None}
+                          if value is not None} | args.implicit_options
         self.fits: dict[tuple[str, bytes], nn.Module] = {}
 
     def prefit(self, backbone: nn.Module, samples: list[dict], size: int, batch: int) -> None:

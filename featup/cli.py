@@ -100,28 +100,13 @@ def _backbones(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_photo(path: str):
-    """A photo file (local path or fsspec URL) as H×W×3 uint8; the error names the file and what is wrong."""
-    from featup.data.images import ImageError, decode_rgb
-    from featup.io import read_bytes
-
-    try:
-        data = read_bytes(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such image file") from None
-    try:
-        return decode_rgb(data)[0]
-    except ImageError as e:
-        raise ValueError(f"{path}: {e}") from None
-
-
 def _pca(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
     from featup.backbones import load_backbone, resize_to_stride
     from featup.io import exists
-    from featup.photos import sample_photos, to_tensor
+    from featup.photos import load_image, sample_photos, to_tensor
     from featup.upsamplers import list_upsamplers, load_upsampler
     from featup.viz import pca_rgb, save_png, side_by_side
 
@@ -132,7 +117,7 @@ def _pca(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"--upsamplers: unknown upsampler {unknown[0]!r}: choose from "
                          f"{', '.join([LOWRES, *list_upsamplers()])}")
-    images = {Path(p).stem: _read_photo(p) for p in args.images} if args.images else sample_photos(args.photos)
+    images = {Path(p).stem: load_image(p) for p in args.images} if args.images else sample_photos(args.photos)
     backbone = load_backbone(args.backbone, pretrained=not args.random_weights, weights=args.weights, tap=args.tap)
     upsamplers = {name: load_upsampler(name, backbone=backbone.id).eval() for name in names}
     written, replaced = [], 0
