@@ -1,5 +1,5 @@
-"""Shared fixtures: a real S3 API (moto_server on loopback), a real Redis (redis-server on loopback) and storage
-roots on local disk and S3."""
+"""Shared fixtures: a real S3 API (moto_server on loopback), a real Redis (redis-server on loopback), storage
+roots on local disk and S3, and a temporary Prefect API per test module."""
 
 from __future__ import annotations
 
@@ -254,3 +254,14 @@ def image_zoo() -> dict[str, bytes]:
         "corrupt": b"this is not an image at all" * 10,
         "empty": b"",
     }
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    """A temporary Prefect API for this module's flow runs (a real server on SQLite); yields its URL."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=240):
+        yield PREFECT_API_URL.value()

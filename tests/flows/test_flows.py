@@ -20,16 +20,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def prefect_api():
-    """A temporary Prefect API for this module's flow runs (a real server on SQLite)."""
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=240):
-        yield
-
-
-@pytest.fixture(scope="module")
 def s3_secret(prefect_api, s3_server) -> str:
     """A Prefect Secret block holding the S3 server's fsspec options: how deployments receive credentials."""
     from prefect.blocks.system import Secret

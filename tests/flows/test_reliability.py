@@ -27,17 +27,6 @@ OPTIONS = ["--upsampler", "bilinear", "--output-size", "32", "--num-workers", "0
 
 
 @pytest.fixture(scope="module")
-def prefect_api():
-    """A temporary Prefect API for this module's flow runs (a real server on SQLite); yields its URL."""
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=240):
-        yield PREFECT_API_URL.value()
-
-
-@pytest.fixture(scope="module")
 def s3_secret(prefect_api, s3_server) -> str:
     from prefect.blocks.system import Secret
 

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
 pytestmark = pytest.mark.slow
 SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def prefect_api():
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=240):
-        yield
 
 
 def _run_artifacts(flow_run_id) -> dict[str, object]:

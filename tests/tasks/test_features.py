@@ -3,7 +3,6 @@ rebuilds its models from; a shard task refuses weights the store does not record
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -11,15 +10,6 @@ import torch
 
 pytestmark = pytest.mark.slow
 SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def prefect_api():
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=240):
-        yield
 
 
 @pytest.fixture(scope="module")
