@@ -45,6 +45,7 @@ VARIANTS: dict[str, dict] = {
     "from-bilateral-crf0.005": {"crf_weight": 0.005},
     "from-bilateral-crf0.01": {"crf_weight": 0.01},
     "from-bilateral-crf0.02": {"crf_weight": 0.02},
+    "from-bilateral-simple-crf0.01": {"downsampler": "simple", "crf_weight": 0.01},
     "from-bilateral-fixed-spatial": {"frozen": ("sigma_spatial",)},
 }
 

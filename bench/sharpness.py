@@ -21,6 +21,7 @@ bicubic, the classical joint bilateral filter (``bilateral``, untrained) and the
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -65,6 +66,8 @@ def main() -> None:
     parser.add_argument("--implicit", action="store_true", help="also score implicit fits (the default recipe)")
     parser.add_argument("--implicit-steps", type=int, nargs="*", default=[], help="more implicit fit budgets to score")
     parser.add_argument("--implicit-photos", type=int, default=2, help="photos the implicit fits are scored on")
+    parser.add_argument("--implicit-options", type=json.loads, default={},
+                        help='JSON of recipe fields to override in every implicit fit, e.g. \'{"guide_iterations": 0}\'')
     args = parser.parse_args()
     photos = load_photos(args.photos)
     images = torch.cat([image_tensor(photo, args.size) for photo in photos.values()])
@@ -91,7 +94,7 @@ def main() -> None:
             for steps in budgets:
                 start = time.perf_counter()
                 # One batched fit of the k photos: photo i gets fit_implicit(photo, seed=i).
-                options = {} if steps is None else {"steps": steps}
+                options = args.implicit_options | ({} if steps is None else {"steps": steps})
                 fits = fit_implicit_batch(images[:k], backbone, progress=False, **options)
                 name = "implicit (default recipe)" if steps is None else f"implicit, {steps} steps"
                 subset[name] = lambda f, image, fits=fits: fits[_index(images, image)](f, image)
