@@ -157,7 +157,7 @@ class AttentionDownsampler(nn.Module):
         # The windows pool blurred (and reflect-padded) features: the blur moves onto the window weights
         # (``_blurred_taps``), its reflected border onto the features' padding.
         attn = _blurred_taps(self.attention(saliency, output_size))
-        r = pad + 2
+        r = pad + (attn.shape[-1] - k) // 2  # the blur's radius beyond the padding
         # The block-wise window sum wants whole stride×stride blocks; the same padding supplies the few extra
         # rows and columns (their weights are zero) unless the features are too small to reflect that far.
         m = math.ceil(attn.shape[-1] / s)
