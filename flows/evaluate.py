@@ -60,7 +60,7 @@ def evaluate(
     probe_steps: Count = 300,
     checkpoints: dict[str, str] | None = None,
     stores: dict[str, str] | None = None,
-    implicit_steps: Count = 100,
+    implicit_steps: Count | None = None,
     weights: str | None = None,
     random_weights: bool = False,
     seed: int = 0,
@@ -95,7 +95,7 @@ def evaluate(
         checkpoints: Upsampler name -> checkpoint path or URL (default: featup's shipped checkpoints).
         stores: Row name -> feature store URL written by precompute-features; that row scores the stored
             features of each sample (looked up by key) instead of upsampling on the fly.
-        implicit_steps: Fitting steps per image for the implicit upsampler.
+        implicit_steps: Fitting steps per image for the implicit upsampler (default: its default recipe's).
         weights: Backbone weights path or URL.
         random_weights: Use random backbone weights (smoke runs only).
         seed: Seed of every random draw.
@@ -132,12 +132,13 @@ def evaluate(
             depth_train, depth_test = _split(depth_train, test_every)
     if cam_shards:
         cam = read_samples(cam_shards, **read)
+    implicit_options = {"seed": seed} | ({} if implicit_steps is None else {"steps": implicit_steps})
     settings = dict(image_size=image_size, output_size=output_size, cam_output_size=cam_output_size,
                     probe_protocol=probe_protocol, seg_steps=probe_steps, depth_steps=probe_steps, seed=seed)
     comparison = score_upsamplers(backbone, list(upsamplers), seg_train=seg_train, seg_test=seg_test,
                                   num_classes=num_classes, class_names=class_names, depth_train=depth_train,
                                   depth_test=depth_test, cam_images=cam, checkpoints=dict(checkpoints or {}),
-                                  implicit_options={"steps": implicit_steps, "seed": seed}, settings=settings,
+                                  implicit_options=implicit_options, settings=settings,
                                   weights=weights, random_weights=random_weights, stores=dict(stores or {}),
                                   storage_secret=storage_secret)
     notes = "Random backbone weights: a smoke run, the numbers mean nothing." if random_weights else ""

@@ -146,3 +146,18 @@ def test_wide_features_train_through_their_projections_with_the_same_values(dim)
     torch.testing.assert_close(values, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(saliency, parts["downsampler"].saliency_logits(hr).repeat_interleave(views, 0),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_cell_consistency_is_zero_when_each_cell_keeps_its_average_and_not_when_features_leak():
+    from featup.training.jbu import _cell_consistency
+
+    torch.manual_seed(0)
+    features, projection = torch.randn(2, DIM, 4, 4), torch.randn(4, DIM, 3)  # 2 images × 2 views
+    within = torch.einsum("bchw,bcd->bdhw", features.repeat_interleave(2, 0), projection)
+    values = torch.nn.functional.interpolate(within, scale_factor=STRIDE, mode="nearest")
+    texture = torch.randn(4, 3, STRIDE, STRIDE)
+    texture = (texture - texture.mean((-2, -1), keepdim=True)).repeat(1, 1, 4, 4)  # zero mean in every cell
+    assert _cell_consistency(values + texture, features, projection, 2).item() < 1e-10
+    leaked = values.roll(STRIDE // 2, dims=-1)
+    assert _cell_consistency(leaked, features, projection, 2).item() > 0.1
+

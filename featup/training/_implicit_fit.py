@@ -34,6 +34,9 @@ from featup.upsamplers.implicit import ImplicitUpsampler
 
 
 def _guide(cfg: ImplicitRecipe) -> dict:
+    if cfg.base == "bilateral":
+        # The classical filter's σs is in its window's units (offsets in linspace(-1, 1)), its σr in colour.
+        return {"spatial_sigma": cfg.guide_sigma_spatial, "colour_sigma": cfg.guide_sigma_range}
     return {"sigma_spatial": cfg.guide_sigma_spatial, "sigma_range": cfg.guide_sigma_range,
             "radius": cfg.guide_radius, "iterations": cfg.guide_iterations}
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from featup.upsamplers.implicit import BASE_MODES
+
 
 @dataclass(frozen=True)
 class ImplicitRecipe:
@@ -70,8 +72,8 @@ def implicit_recipe(recipe: str | ImplicitRecipe = "featup", **overrides) -> Imp
     if unknown:
         raise TypeError(f"unknown implicit fit options {unknown}; the recipe's fields are {sorted(names)}")
     recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None or k == "projection_dim"})
-    if recipe.base not in (None, "bilinear", "guided"):
-        raise ValueError(f"unknown base {recipe.base!r}; choose None (the published model), 'bilinear' or 'guided'")
+    if recipe.base not in (None, *BASE_MODES):
+        raise ValueError(f"unknown base {recipe.base!r}; choose None (the published model) or one of {BASE_MODES}")
     if recipe.windows not in ("centred", "published"):
         raise ValueError(f"unknown windows {recipe.windows!r}; choose 'centred' or 'published'")
     if recipe.steps < 0 or recipe.views < 1 or recipe.views_per_step < 1:

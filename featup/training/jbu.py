@@ -119,6 +119,7 @@ def train_jbu(
     range_kernel: str = "distance",
     init: str = "bilateral",
     crf_weight: float = 0.0,
+    consistency_weight: float = 0.0,
     seed: int = 0,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
@@ -139,6 +140,10 @@ def train_jbu(
     layer and initialisation (see ``featup.upsamplers.jbu`` for why featup departs from it).
     ``crf_weight`` adds FeatUp's sampled dense-CRF term (``featup.losses.crf_loss``; the published weight is
     0.001) on each image's first view, with features and image aligned.
+    ``consistency_weight`` adds the mean squared difference between the upsampled features average-pooled
+    back onto the backbone's grid and the backbone's features (in each view's projection, RMS units): the
+    multi-view term pools through a learned downsampler, which can absorb features leaking across cells,
+    so nothing else holds each cell's plain average to the backbone's (the CRF term sharpens by leaking).
     ``head_lr`` (default ``lr``) is the rate of the downsampler and the uncertainty net, which are linear in
     the backbone's channels: one NAdam step moves their outputs in proportion to the width, so a
     1280-channel head wants a smaller rate than the upsampler's to stay stable.
@@ -172,6 +177,8 @@ def train_jbu(
         config |= {"range_kernel": range_kernel, "init": init}
     if crf_weight:
         config["crf_weight"] = crf_weight
+    if consistency_weight:
+        config["consistency_weight"] = consistency_weight
     if lr_decay:
         config["steps"] = steps  # the schedule depends on the run's length
     if head_lr is not None:
@@ -229,6 +236,8 @@ def train_jbu(
                 first_views = values.unflatten(0, (len(indices), num_jitters))[:, 0].float()
                 guidance = (batch - _IMAGENET_MEAN.to(batch)) / _IMAGENET_STD.to(batch)
                 loss = loss + crf_weight * crf_loss(guidance, first_views, g)
+            if consistency_weight:
+                loss = loss + consistency_weight * _cell_consistency(values, features / unit, projection, num_jitters)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if step < warmup_clip_steps:
@@ -288,6 +297,14 @@ def _upsampled_views(parts: nn.ModuleDict, features: torch.Tensor, image: torch.
     values, logits = hr.split([num_jitters * d, 1], 1)  # a split's backward fills no zeros, unlike slicing
     saliency = (logits + downsampler.saliency.bias).repeat_interleave(num_jitters, 0)
     return values.unflatten(1, (num_jitters, d)).flatten(0, 1), saliency
+
+
+def _cell_consistency(values: torch.Tensor, features: torch.Tensor, projection: torch.Tensor,
+                      num_jitters: int) -> torch.Tensor:
+    """MSE between the (B·J)×D×H×W projected high-res views pooled onto the B×C×h×w features' grid and those features."""
+    pooled = F.adaptive_avg_pool2d(values.float(), features.shape[-2:])
+    target = project(features.repeat_interleave(num_jitters, 0), projection)
+    return (pooled - target).square().mean()
 
 
 def _batch_indices(count: int, batch_size: int, step: int, seed: int) -> torch.Tensor:

@@ -26,8 +26,11 @@ from torch import nn
 from featup.checkpoints import load_checkpoint, save_checkpoint
 from featup.upsamplers._inputs import resolve_output_size
 from featup.upsamplers._registry import register_upsampler
+from featup.upsamplers.bilateral import JointBilateral
 
 __all__ = ["ChannelDropout", "ImplicitUpsampler", "guided_upsample"]
+
+BASE_MODES = ("bilinear", "guided", "bilateral")
 
 # Pixels rendered per chunk without autograd: bounds the 303-channel Fourier features at large sizes.
 _CHUNK_PIXELS = 1 << 18
@@ -111,8 +114,8 @@ class ImplicitUpsampler(nn.Module):
         self.max_log_freq = float(max_log_freq)
         height, width = (int(s) for s in image_size)
         self.base_grid = None if base_grid is None else (int(base_grid[0]), int(base_grid[1]))
-        if base_mode not in ("bilinear", "guided"):
-            raise ValueError(f"unknown base_mode {base_mode!r}; choose 'bilinear' or 'guided'")
+        if base_mode not in BASE_MODES:
+            raise ValueError(f"unknown base_mode {base_mode!r}; choose one of {BASE_MODES}")
         self.base_mode = base_mode
         self.guide = dict(guide or {})
         if self.base_grid is not None:
@@ -226,13 +229,15 @@ class ImplicitUpsampler(nn.Module):
 
     def upsample_base(self, low: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """1×K×h×w low-res maps upsampled to ``size`` the way the base is: guided by the fitted image, or bilinear."""
-        if self.base_mode == "guided":
-            image = self.fitted_image().to(low.dtype)
-            if tuple(size) != self.image_size:
-                image = F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=False,
-                                      antialias=size[0] < self.image_size[0] or size[1] < self.image_size[1])
-            return guided_upsample(low, image, **self.guide)
-        return F.interpolate(low, size=tuple(size), mode="bilinear", align_corners=False)
+        if self.base_mode == "bilinear":
+            return F.interpolate(low, size=tuple(size), mode="bilinear", align_corners=False)
+        image = self.fitted_image().to(low.dtype)
+        if tuple(size) != self.image_size:
+            image = F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=False,
+                                  antialias=size[0] < self.image_size[0] or size[1] < self.image_size[1])
+        if self.base_mode == "bilateral":
+            return JointBilateral(**self.guide)(low, image)
+        return guided_upsample(low, image, **self.guide)
 
     def _mlp(self, image: torch.Tensor, ys: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(self.fourier_features(image, ys)).permute(0, 3, 1, 2)

@@ -96,14 +96,18 @@ def test_channel_dropout_drops_whole_channels_only_in_training():
     assert torch.equal(drop(x), x)
 
 
-@pytest.mark.parametrize("base_mode", ["guided", "bilinear"])
+GUIDES = {"guided": {"sigma_spatial": 0.5, "sigma_range": 0.1, "radius": 2, "iterations": 3},
+          "bilateral": {"spatial_sigma": 0.35, "colour_sigma": 0.05}, "bilinear": {}}
+
+
+@pytest.mark.parametrize("base_mode", ["guided", "bilinear", "bilateral"])
 def test_a_base_keeps_every_direction_of_the_features_not_only_the_pca_space(base_mode):
     # A 1280-channel head fitted in 128 PCA directions lost the other directions' meaning (pooled cosine
     # 0.90): before the MLP has learned anything, the model must render exactly the base's upsampling of
     # ALL the features.
     torch.manual_seed(0)
     dim, grid, size = 12, (5, 7), (20, 28)
-    guide = {"sigma_spatial": 0.5, "sigma_range": 0.1, "radius": 2, "iterations": 3}
+    guide = GUIDES[base_mode]
     model = ImplicitUpsampler(dim, size, proj_dim=4, base_grid=grid, base_mode=base_mode, guide=guide)
     image = torch.rand(1, 3, *size)
     model.set_image(image)
@@ -115,8 +119,11 @@ def test_a_base_keeps_every_direction_of_the_features_not_only_the_pca_space(bas
     torch.nn.init.zeros_(model.net[-1].bias)
     with torch.no_grad():
         out = model.eval()(low, image)
-        expected = (implicit_module.guided_upsample(low, model.fitted_image(), **guide) if base_mode == "guided"
-                    else torch.nn.functional.interpolate(low, size=size, mode="bilinear", align_corners=False))
+        # A bilateral base is the classical filter of the registry: the fit starts from that baseline exactly.
+        expected = {"guided": lambda: implicit_module.guided_upsample(low, model.fitted_image(), **guide),
+                    "bilateral": lambda: create_upsampler("bilateral", **guide)(low, model.fitted_image()),
+                    "bilinear": lambda: torch.nn.functional.interpolate(low, size=size, mode="bilinear",
+                                                                        align_corners=False)}[base_mode]()
         torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
         pca_only = model.from_pca(model.render())
     assert (pca_only - expected).abs().max() > 0.1  # the PCA space alone would have lost the rest
