@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     pca.add_argument("--random-weights", action="store_true", help="use random backbone weights")
     pca.add_argument("--upsamplers", nargs="+", default=["bilinear"], metavar="NAME",
                      help=f"upsamplers to show next to the {LOWRES} features, which are always shown "
-                          "(default: bilinear)")
+                          "(default: bilinear); implicit is fitted to each image first (about a minute each)")
     pca.add_argument("--size", type=_image_side, default=224,
                      help="short side of the input image in px, at least 16 (default: 224)")
     pca.add_argument("--out", default="featup-out/pca", help="output folder or fsspec URL (default: %(default)s)")
@@ -119,7 +119,8 @@ def _pca(args: argparse.Namespace) -> int:
                          f"{', '.join([LOWRES, *list_upsamplers()])}")
     images = {Path(p).stem: load_image(p) for p in args.images} if args.images else sample_photos(args.photos)
     backbone = load_backbone(args.backbone, pretrained=not args.random_weights, weights=args.weights, tap=args.tap)
-    upsamplers = {name: load_upsampler(name, backbone=backbone.id).eval() for name in names}
+    upsamplers = {name: _fitted_per_image(backbone) if name == "implicit" else
+                  load_upsampler(name, backbone=backbone.id).eval() for name in names}
     written, replaced = [], 0
     for name, array in tqdm(images.items(), desc="photos", unit="img"):
         image = resize_to_stride(to_tensor(array), args.size, backbone.stride)
@@ -138,6 +139,20 @@ def _pca(args: argparse.Namespace) -> int:
     for url in written:
         print(f"  {url}")
     return 0
+
+
+def _fitted_per_image(backbone):
+    """The implicit upsampler as ``featup pca`` uses it: fitted to each image (default recipe), then rendered."""
+    import torch
+
+    from featup.training import fit_implicit
+
+    def fit_and_render(low, image):
+        with torch.enable_grad():
+            model = fit_implicit(image, backbone, progress=False)
+        return model(low, image)
+
+    return fit_and_render
 
 
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:

@@ -56,6 +56,16 @@ def test_pca_writes_one_titled_png_per_photo_named_by_its_settings(tmp_path, cap
     assert "replacing 1 of the same name" in capsys.readouterr().out
 
 
+def test_pca_fits_the_implicit_upsampler_to_each_photo(tmp_path):
+    assert main(["pca", "--photos", "chelsea", "--size", "64", "--upsamplers", "bilinear", "implicit",
+                 "--out", str(tmp_path)]) == 0
+    image = np.asarray(Image.open(tmp_path / "chelsea-efficientnet_lite0-64px.png")).astype(float)
+    width = (image.shape[1] - 3 * 4) // 4  # image | lowres | bilinear | implicit, 4 px apart
+    panels = [image[-64:, i * (width + 4):i * (width + 4) + width] for i in range(4)]
+    # the fitted panel shows features, in the same PCA colours as bilinear's, and not bilinear's picture
+    assert panels[3].std() > 10 and 2 < np.abs(panels[3] - panels[2]).mean() < 60
+
+
 def test_pca_on_image_files_and_clear_error_naming_a_corrupt_one(tmp_path, capsys):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     assert main(["pca", str(tmp_path / "a.png"), "--size", "32", "--out", str(tmp_path / "out")]) == 0
