@@ -265,3 +265,14 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=240):
         yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="module")
+def s3_secret(prefect_api, s3_server) -> str:
+    """A Prefect Secret block holding the S3 server's fsspec options (how deployments receive credentials); its name."""
+    import json
+
+    from prefect.blocks.system import Secret
+
+    Secret(value=json.dumps(s3_server.storage_options())).save("featup-test-s3", overwrite=True)
+    return "featup-test-s3"

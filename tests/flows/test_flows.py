@@ -19,15 +19,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def s3_secret(prefect_api, s3_server) -> str:
-    """A Prefect Secret block holding the S3 server's fsspec options: how deployments receive credentials."""
-    from prefect.blocks.system import Secret
-
-    Secret(value=json.dumps(s3_server.storage_options())).save("featup-test-s3", overwrite=True)
-    return "featup-test-s3"
-
-
 def _artifacts(flow_run_id) -> dict[str, object]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId

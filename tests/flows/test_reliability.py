@@ -26,14 +26,6 @@ REPO = Path(__file__).resolve().parents[2]
 OPTIONS = ["--upsampler", "bilinear", "--output-size", "32", "--num-workers", "0", "--batch-size", "2"]
 
 
-@pytest.fixture(scope="module")
-def s3_secret(prefect_api, s3_server) -> str:
-    from prefect.blocks.system import Secret
-
-    Secret(value=json.dumps(s3_server.storage_options())).save("featup-reliability-s3", overwrite=True)
-    return "featup-reliability-s3"
-
-
 def _mosaics(url: str, storage_options=None, n: int = 6, size: int = 32, per_shard: int = 2):
     from featup.data import ingest
 
