@@ -55,7 +55,7 @@ RECIPES: dict[str, ImplicitRecipe] = {
     # attention at the start, frequencies to e^4, edge-aware smoothness instead of blur-pin, TV and magnitude
     # terms, a CPU budget (docs/bench/implicit.md).
     "featup": ImplicitRecipe(steps=30, views=48, views_per_step=4, lr=1e-3, warmup_steps=5, pca_views=48,
-                             base="guided", guide_sigma_spatial=0.4, guide_sigma_range=0.2, guide_iterations=0,
+                             base="guided", guide_sigma_spatial=0.5, guide_sigma_range=0.25, guide_iterations=0,
                              uniform_attention=True, max_log_freq=4.0, edge_weight=1.0, blur_pin_weight=0.0,
                              magnitude_weight=0.0, tv_weight=0.0, dropout=0.0, learn_phases=False),
 }

@@ -8,9 +8,10 @@ multi-view likelihood and changes the model, the start and the budget (``docs/be
 the measurements behind each choice):
 
 - the model is a residual over a guided base: the backbone's own low-res features upsampled in one step by
-  joint bilateral upsampling from the feature cells (``featup.upsamplers.implicit.guided_upsample``, σs 0.4
-  cells, σr 0.2, no back-projection: back-projecting made the features follow texture and lost depth), so
-  the meaning is there from step 0 and the MLP, whose last layer starts at zero, only learns a correction;
+  joint bilateral upsampling from the feature cells (``featup.upsamplers.implicit.guided_upsample``, σs 0.5
+  cells, σr 0.25, no back-projection: back-projecting made the features follow texture and lost depth, and a
+  narrower σs left flat regions blocky, which a depth probe also reads), so the meaning is there from step 0
+  and the MLP, whose last layer starts at zero, only learns a correction;
 - the attention pooling starts as a plain window average (zero saliency weights): the published random
   saliency over features whose magnitude channel is ~10 makes the first steps' pooling so peaked that
   the first step's reconstruction error is 30–55× larger (astronaut, voc) and the MLP paints it away,
