@@ -8,9 +8,10 @@ features at any size; a saved model is about half a megabyte. ``featup.training.
 With ``base_grid`` the model is residual: it also holds the backbone's own low-res features of the
 image (in PCA units) and renders ``upsample(base) + MLP``, so a fit starts from a classical upsampling
 that keeps the features' meaning and the MLP only learns the correction (featup's default recipe);
-without it, the published model. ``base_mode`` picks the upsampling: ``"bilinear"``, or ``"guided"``:
-joint bilateral upsampling (Kopf et al. 2007; every pixel mixes the low-res cells around it by distance
-and by how close its colour is to theirs) with back-projection (the part that average pooling back onto
+without it, the published model. ``base_mode`` picks the upsampling: ``"bilinear"``; ``"bilateral"``, the
+registry's classical joint bilateral filter (``guide`` holds its ``spatial_sigma`` and ``colour_sigma``); or
+``"guided"``: joint bilateral upsampling (Kopf et al. 2007; every pixel mixes the low-res cells around it by
+distance and by how close its colour is to theirs) with back-projection (the part that average pooling back onto
 the grid loses is upsampled the same way and added, ``guide_iterations`` times).
 """
 
@@ -228,7 +229,7 @@ class ImplicitUpsampler(nn.Module):
         return self.upsample_base(self.base, size)
 
     def upsample_base(self, low: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        """1×K×h×w low-res maps upsampled to ``size`` the way the base is: guided by the fitted image, or bilinear."""
+        """1×K×h×w low-res maps upsampled to ``size`` the way the base is: bilinear, or guided by the fitted image."""
         if self.base_mode == "bilinear":
             return F.interpolate(low, size=tuple(size), mode="bilinear", align_corners=False)
         image = self.fitted_image().to(low.dtype)
