@@ -95,7 +95,7 @@ def evaluate(
         checkpoints: Upsampler name -> checkpoint path or URL (default: featup's shipped checkpoints).
         stores: Row name -> feature store URL written by precompute-features; that row scores the stored
             features of each sample (looked up by key) instead of upsampling on the fly.
-        implicit_steps: Fitting steps per image for the implicit upsampler (default: its default recipe's).
+        implicit_steps: Fitting steps per image for the implicit upsampler (default: the featup recipe's steps).
         weights: Backbone weights path or URL.
         random_weights: Use random backbone weights (smoke runs only).
         seed: Seed of every random draw.
