@@ -49,6 +49,7 @@ VARIANTS: dict[str, dict] = {
     "from-bilateral-crf0.01-cons1": {"crf_weight": 0.01, "consistency_weight": 1.0},
     "from-bilateral-crf0.02-cons1": {"crf_weight": 0.02, "consistency_weight": 1.0},
     "from-bilateral-crf0.02-cons0.3": {"crf_weight": 0.02, "consistency_weight": 0.3},
+    "from-bilateral-crf0.03-cons1": {"crf_weight": 0.03, "consistency_weight": 1.0},
     "from-bilateral-crf0.04-cons1": {"crf_weight": 0.04, "consistency_weight": 1.0},
     "from-bilateral-cons1": {"consistency_weight": 1.0},
     "from-bilateral-crf0.02-cons3": {"crf_weight": 0.02, "consistency_weight": 3.0},
