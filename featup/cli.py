@@ -143,16 +143,10 @@ def _pca(args: argparse.Namespace) -> int:
 
 def _fitted_per_image(backbone):
     """The implicit upsampler as ``featup pca`` uses it: fitted to each image (default recipe), then rendered."""
-    import torch
+    from featup.pipeline.models import ImplicitPerImage
 
-    from featup.training import fit_implicit
-
-    def fit_and_render(low, image):
-        with torch.enable_grad():
-            model = fit_implicit(image, backbone, progress=False)
-        return model(low, image)
-
-    return fit_and_render
+    fit_and_render = ImplicitPerImage(backbone)
+    return lambda low, image: fit_and_render(low, image, tuple(image.shape[-2:]))
 
 
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
