@@ -11,6 +11,7 @@ settings: it talks to the server over HTTP, as the UI does.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -193,6 +194,21 @@ class PrefectServer:
             lines = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}},
                                                    "sort": "TIMESTAMP_ASC", "limit": 200}).json()
         return "\n".join(f"{line['level']:>2} {line['message']}" for line in lines)
+
+    def wait_for_log(self, flow_run_id: str, pattern: str, timeout: float = 60) -> list[str]:
+        """Poll the flow run's logs until ``pattern`` matches; returns its matches.
+
+        A flow run's logs reach the API in batches, after its state: a run can read COMPLETED while its last
+        lines are still on their way, so a test reading them straight after the state would race.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.findall(pattern, self.logs_of(flow_run_id))
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert found, f"no {pattern!r} within {timeout} s in the logs of {flow_run_id}:\n{self.logs_of(flow_run_id)}"
+        return found
 
     def debug_output(self) -> str:
         parts = [f"--- worker {w.name} ---\n{w.output()}" for w in self.workers]

@@ -43,9 +43,7 @@ def _dataset(root: Path) -> str:
 
 def _summary(server, flow_run_id: str) -> dict:
     """The summary the flow logs when it is done ("done: {...}")."""
-    found = re.findall(r"done: (\{.*\})", server.logs_of(flow_run_id))
-    assert found, f"no summary in the logs of {flow_run_id}:\n{server.logs_of(flow_run_id)}"
-    return ast.literal_eval(found[-1])
+    return ast.literal_eval(server.wait_for_log(flow_run_id, r"done: (\{.*\})")[-1])
 
 
 def _processed_shards(server, flow_run_id: str) -> set[int]:
@@ -109,8 +107,8 @@ def test_two_workers_on_one_pool_process_every_shard_exactly_once(prefect_server
         assert len(pending) == 1 and int(pending[0][0]) > 0, f"a run found nothing to do: {pending}"
 
     # every shard computed by exactly one of the runs
+    summaries = [_summary(server, r["id"]) for r in runs]  # first: the summary is a run's last line logged
     processed = [_processed_shards(server, r["id"]) for r in runs]
-    summaries = [_summary(server, r["id"]) for r in runs]
     print("shards computed per run:", [sorted(p) for p in processed], "summaries:", summaries)
     assert not processed[0] & processed[1], f"shards computed twice: {processed[0] & processed[1]}"
     assert processed[0] | processed[1] == set(range(SHARDS))
