@@ -14,10 +14,10 @@ Three tables, like Table 1 of the FeatUp paper, on sets that build offline (feat
 
 JBU and resize-conv come from --jbu-checkpoint / --resize-conv-checkpoint, else the checkpoint featup
 ships, else they are trained here with the multi-view loss (featup.training.train_jbu) on photo crops
-and the train splits' images, and cached under --out. The stride-32 head's CAMs use the JBU featup
-ships for it (jbu_efficientnet_lite0-stride32.pt) unless --jbu-checkpoint is given; otherwise the
-stride-16 JBU serves the head through its guidance-only layers (the kernels depend on the image, not
-the features), with an identity fixup. Resize-conv has channel-specific weights and no stride-32 version.
+and the train splits' images, and cached under --out. The stride-32 head's CAMs use --jbu-head-checkpoint,
+else the JBU featup ships for it (jbu_efficientnet_lite0-stride32.pt) unless --jbu-checkpoint is given;
+otherwise the stride-16 JBU serves the head through its guidance-only layers (the kernels depend on the
+image, not the features), with an identity fixup. Resize-conv has channel-specific weights and no stride-32 version.
 
     python bench/evaluate.py --out featup-out/eval
 """
@@ -69,6 +69,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--probe-steps", type=int, default=300)
     p.add_argument("--pixels-per-image", type=int, default=2048, help="pixels sampled per image to train a probe")
     p.add_argument("--jbu-checkpoint", help="a trained JBU for efficientnet_lite0 (stride 16)")
+    p.add_argument("--jbu-head-checkpoint", help="a trained JBU for the stride-32 head, for the CAMs")
     p.add_argument("--resize-conv-checkpoint", help="a trained resize-conv for efficientnet_lite0 (stride 16)")
     p.add_argument("--train-steps", type=int, default=60, help="multi-view training steps when no checkpoint")
     p.add_argument("--train-size", type=int, default=112, help="image size for that training")
@@ -111,12 +112,15 @@ def learned_upsampler(kind: str, given: str | None, backbone: nn.Module, images:
     return load_upsampler(kind, backbone=backbone.name, checkpoint=cache), how
 
 
-def jbu_for(trained: nn.Module, given: bool) -> Callable[[nn.Module], nn.Module]:
-    """The JBU for each backbone: ``trained`` for its own tap; for another, the one featup ships for it (unless a
-    checkpoint was ``given``), else ``trained``'s guidance-only layers with an identity fixup."""
+def jbu_for(trained: nn.Module, given: bool, head: str | None = None) -> Callable[[nn.Module], nn.Module]:
+    """The JBU for each backbone: ``trained`` for its own tap; for another, the ``head`` checkpoint, else the one
+    featup ships for it (unless a checkpoint was ``given``), else ``trained``'s guidance-only layers with an
+    identity fixup."""
     def for_backbone(backbone: nn.Module) -> nn.Module:
         if backbone.dim == trained.dim:
             return trained
+        if head is not None:
+            return load_upsampler("jbu", backbone=backbone.id, checkpoint=head)
         if not given:
             try:
                 return load_upsampler("jbu", backbone=backbone.id)
@@ -195,11 +199,12 @@ def main() -> None:
     conv, conv_source = learned_upsampler("resize_conv", args.resize_conv_checkpoint, dense, unlabelled, args)
     upsamplers = {"lowres": None, "bilinear": load_upsampler("bilinear"),
                   "bilateral": create_upsampler("bilateral").eval(), "resize-conv": only_for(conv),
-                  "jbu": jbu_for(jbu, given=args.jbu_checkpoint is not None)}
+                  "jbu": jbu_for(jbu, given=args.jbu_checkpoint is not None, head=args.jbu_head_checkpoint)}
     common = {"image_size": size, "cam_output_size": args.cam_output_size, "seg_steps": args.probe_steps,
               "depth_steps": args.probe_steps, "pixels_per_image": args.pixels_per_image, "seed": args.seed}
+    head_note = f", head JBU: checkpoint {args.jbu_head_checkpoint}" if args.jbu_head_checkpoint else ""
     notes = (f"EfficientNet-Lite0 (ImageNet weights): stride-16 tap (112 ch) for probes, stride-32 head (1280 ch) "
-             f"+ its classifier for CAMs. JBU: {jbu_source}. resize-conv: {conv_source}. "
+             f"+ its classifier for CAMs. JBU: {jbu_source}{head_note}. resize-conv: {conv_source}. "
              f"Run on {platform.node() or 'this machine'} ({os.cpu_count()} CPUs, torch {torch.__version__}).")
     results = {"args": vars(args), "jbu": jbu_source, "resize_conv": conv_source}
     from timm.data import (

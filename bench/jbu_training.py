@@ -8,6 +8,7 @@ backbone (kept meaning), and the mean range-kernel entropy of the trained layers
 the layer ignores the image). PCA pictures of every variant go to --out.
 
     python bench/jbu_training.py --steps 60 --variants published from-bilateral from-bilateral-crf
+    python bench/jbu_training.py --steps 80 --variants --variant 'relcrf2={"crf_weight": 2, "crf_relative": true}'
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ import torch
 from featup.backbones import load_backbone
 from featup.data.offline import photo_crops
 from featup.eval.features import image_tensor
-from featup.eval.sharpness import edge_concentration, image_edges, pooled_cosine
+from featup.eval.sharpness import (
+    contrast_kept,
+    edge_concentration,
+    image_edges,
+    pooled_cosine,
+)
 from featup.photos import sample_photos
 from featup.training import train_jbu
 from featup.upsamplers import create_upsampler
@@ -61,7 +67,9 @@ VARIANTS: dict[str, dict] = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variants", nargs="+", default=["published", "from-bilateral"], choices=sorted(VARIANTS))
+    p.add_argument("--variants", nargs="*", default=["published", "from-bilateral"], choices=sorted(VARIANTS))
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                   help='one more variant, trained after --variants: NAME={"crf_weight": 2, "crf_relative": true}')
     p.add_argument("--tap", default="stride16")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=2)
@@ -71,6 +79,10 @@ def main() -> None:
     p.add_argument("--crops-per-photo", type=int, default=4, help="training crops of each offline photo")
     p.add_argument("--out", default="featup-out/jbu-ablations")
     args = p.parse_args()
+    variants = {name: VARIANTS[name] for name in args.variants}
+    for item in args.variant:
+        name, _, options = item.partition("=")
+        variants[name] = json.loads(options)
 
     backbone = load_backbone("efficientnet_lite0", tap=args.tap)
     crops = [image_tensor(s["image"], 224)[0] for s in photo_crops(args.crops_per_photo, seed=1)]
@@ -82,8 +94,8 @@ def main() -> None:
     print(f"{len(crops)} training crops, {args.steps} steps of batch {args.batch_size} × {args.num_jitters} jitters, "
           f"lr {args.lr}; scored on {len(photos)} photos at 224 px; {backbone.id}; {platform.machine()}, "
           f"torch {torch.__version__}\n")
-    print("| variant | edge concentration ↑ | pooled cosine ↑ | range entropy (nats) | s/step |")
-    print("|---|---:|---:|---:|---:|")
+    print("| variant | edge concentration ↑ | pooled cosine ↑ | contrast kept | range entropy (nats) | s/step |")
+    print("|---|---:|---:|---:|---:|---:|")
     outputs = {}
     shown = 4  # photos in the pictures: only their maps are kept (9 photos × 1280 channels × 224² are 2.3 GB a row)
     for name in ("bilinear", "bilateral"):
@@ -91,9 +103,9 @@ def main() -> None:
         row(name, high, low, edges, None, None)
         outputs[name] = high[:shown].clone()
         del high
-    for name in args.variants:
+    for name, options in variants.items():
         start = time.perf_counter()
-        options = dict(VARIANTS[name])
+        options = dict(options)
         if frozen := options.pop("frozen", ()):
             options["upsampler"] = create_upsampler("jbu", dim=backbone.dim, range_kernel="distance")
             options["upsampler"].init_bilateral()
@@ -126,8 +138,9 @@ def row(name: str, high: torch.Tensor, low: torch.Tensor, edges: torch.Tensor, e
     # One photo at a time: the measures' intermediates of 9 photos × 1280 channels do not fit in memory.
     concentration = torch.cat([edge_concentration(high[i:i + 1], edges[i:i + 1]) for i in range(len(high))]).nanmean()
     cosine = torch.cat([pooled_cosine(high[i:i + 1], low[i:i + 1]) for i in range(len(high))]).mean()
+    contrast = torch.cat([contrast_kept(high[i:i + 1], low[i:i + 1]) for i in range(len(high))]).mean()
     extra = f"{entropy:.2f} | {seconds:.2f}" if entropy is not None else "— | —"
-    print(f"| {name} | {concentration:.2f} | {cosine:.3f} | {extra} |", flush=True)
+    print(f"| {name} | {concentration:.2f} | {cosine:.3f} | {contrast:.3f} | {extra} |", flush=True)
 
 
 if __name__ == "__main__":

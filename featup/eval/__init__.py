@@ -26,6 +26,7 @@ from featup.eval.seg_probe import (
     predict_segmentation,
 )
 from featup.eval.sharpness import (
+    contrast_kept,
     edge_concentration,
     image_edges,
     label_boundaries,
@@ -46,6 +47,7 @@ __all__ = [
     "class_scores",
     "compare_upsamplers",
     "confusion_matrix",
+    "contrast_kept",
     "depth_errors",
     "edge_alignment",
     "edge_concentration",

@@ -119,7 +119,9 @@ def train_jbu(
     range_kernel: str = "distance",
     init: str = "bilateral",
     crf_weight: float = 0.0,
+    crf_relative: bool = False,
     consistency_weight: float = 0.0,
+    contrast_weight: float = 0.0,
     seed: int = 0,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
@@ -139,11 +141,15 @@ def train_jbu(
     joint bilateral upsampler (``init="bilateral"``); ``range_kernel="dot", init="random"`` is the published
     layer and initialisation (see ``featup.upsamplers.jbu`` for why featup departs from it).
     ``crf_weight`` adds FeatUp's sampled dense-CRF term (``featup.losses.crf_loss``; the published weight is
-    0.001) on each image's first view, with features and image aligned.
+    0.001) on each image's first view, with features and image aligned; ``crf_relative`` uses its scale-free
+    form (``crf_loss(relative=True)``), which cannot be lowered by shrinking the features' contrast.
     ``consistency_weight`` adds the mean squared difference between the upsampled features average-pooled
     back onto the backbone's grid and the backbone's features (in each view's projection, RMS units): the
     multi-view term pools through a learned downsampler, which can absorb features leaking across cells,
     so nothing else holds each cell's plain average to the backbone's (the CRF term sharpens by leaking).
+    ``contrast_weight`` adds the squared log ratio of each projected map's spatial spread on the backbone's
+    grid, upsampled-and-pooled over the backbone's: the CRF term can be lowered by shrinking every feature,
+    and a probe trained on the backbone's features misreads shrunken ones.
     ``head_lr`` (default ``lr``) is the rate of the downsampler and the uncertainty net, which are linear in
     the backbone's channels: one NAdam step moves their outputs in proportion to the width, so a
     1280-channel head wants a smaller rate than the upsampler's to stay stable.
@@ -177,8 +183,12 @@ def train_jbu(
         config |= {"range_kernel": range_kernel, "init": init}
     if crf_weight:
         config["crf_weight"] = crf_weight
+        if crf_relative:
+            config["crf_relative"] = True
     if consistency_weight:
         config["consistency_weight"] = consistency_weight
+    if contrast_weight:
+        config["contrast_weight"] = contrast_weight
     if lr_decay:
         config["steps"] = steps  # the schedule depends on the run's length
     if head_lr is not None:
@@ -235,9 +245,11 @@ def train_jbu(
             if crf_weight:
                 first_views = values.unflatten(0, (len(indices), num_jitters))[:, 0].float()
                 guidance = (batch - _IMAGENET_MEAN.to(batch)) / _IMAGENET_STD.to(batch)
-                loss = loss + crf_weight * crf_loss(guidance, first_views, g)
+                loss = loss + crf_weight * crf_loss(guidance, first_views, g, relative=crf_relative)
             if consistency_weight:
                 loss = loss + consistency_weight * _cell_consistency(values, features / unit, projection, num_jitters)
+            if contrast_weight:
+                loss = loss + contrast_weight * _cell_contrast(values, features / unit, projection, num_jitters)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if step < warmup_clip_steps:
@@ -299,12 +311,26 @@ def _upsampled_views(parts: nn.ModuleDict, features: torch.Tensor, image: torch.
     return values.unflatten(1, (num_jitters, d)).flatten(0, 1), saliency
 
 
+def _cells_and_targets(values: torch.Tensor, features: torch.Tensor, projection: torch.Tensor,
+                       num_jitters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (B·J)×D×H×W projected high-res views pooled onto the B×C×h×w features' grid, and those features projected."""
+    pooled = F.adaptive_avg_pool2d(values.float(), features.shape[-2:])
+    return pooled, project(features.repeat_interleave(num_jitters, 0), projection)
+
+
 def _cell_consistency(values: torch.Tensor, features: torch.Tensor, projection: torch.Tensor,
                       num_jitters: int) -> torch.Tensor:
-    """MSE between the (B·J)×D×H×W projected high-res views pooled onto the B×C×h×w features' grid and those features."""
-    pooled = F.adaptive_avg_pool2d(values.float(), features.shape[-2:])
-    target = project(features.repeat_interleave(num_jitters, 0), projection)
+    """MSE between the projected views pooled onto the features' grid and the projected features."""
+    pooled, target = _cells_and_targets(values, features, projection, num_jitters)
     return (pooled - target).square().mean()
+
+
+def _cell_contrast(values: torch.Tensor, features: torch.Tensor, projection: torch.Tensor,
+                   num_jitters: int) -> torch.Tensor:
+    """Mean squared log ratio of each projected map's spatial spread on the features' grid: the views' over the features'."""
+    pooled, target = _cells_and_targets(values, features, projection, num_jitters)
+    spread = pooled.flatten(2).std(-1).clamp_min(1e-6).log()
+    return (spread - target.flatten(2).std(-1).clamp_min(1e-6).log()).square().mean()
 
 
 def _batch_indices(count: int, batch_size: int, step: int, seed: int) -> torch.Tensor:

@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from featup.eval.sharpness import edge_concentration, image_edges, label_boundaries, pooled_cosine
+from featup.eval.sharpness import (
+    contrast_kept,
+    edge_concentration,
+    image_edges,
+    label_boundaries,
+    pooled_cosine,
+)
 
 
 def test_a_step_exactly_on_the_edges_scores_one_over_the_edge_fraction():
@@ -55,3 +61,18 @@ def test_pooled_cosine_is_one_for_a_lossless_upsampler_and_checks_shapes():
         pooled_cosine(torch.randn(1, 4, 8, 8), low)
     with pytest.raises(ValueError, match="boolean edge map"):
         edge_concentration(low, torch.zeros(2, 4, 4))
+
+
+def test_contrast_kept_is_one_for_a_lossless_upsampler_and_follows_each_channels_scale():
+    low = torch.randn(2, 5, 4, 4, generator=torch.Generator().manual_seed(0))
+    lossless = low.repeat_interleave(8, -1).repeat_interleave(8, -2)
+    torch.testing.assert_close(contrast_kept(lossless, low), torch.ones(2))
+    # cosine cannot see a uniform shrink; contrast can
+    torch.testing.assert_close(contrast_kept(0.5 * lossless, low), torch.full((2,), 0.5))
+    torch.testing.assert_close(pooled_cosine(0.5 * lossless, low), torch.ones(2))
+    # a blur loses contrast; a constant shift does not
+    blurred = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(low, 2), size=(32, 32), mode="bilinear")
+    assert (contrast_kept(blurred, low) < 0.9).all()
+    torch.testing.assert_close(contrast_kept(lossless + 3.0, low), torch.ones(2))
+    with pytest.raises(ValueError, match="differ in batch or channels"):
+        contrast_kept(torch.randn(1, 4, 8, 8), low)
