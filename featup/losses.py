@@ -89,17 +89,13 @@ def blur_pin_loss(features: torch.Tensor) -> torch.Tensor:
 
 def crf_loss(guidance: torch.Tensor, features: torch.Tensor, generator: torch.Generator, samples: int = 1000,
              *, alpha: float = 0.1, beta: float = 0.15, gamma: float = 0.005, w1: float = 10.0,
-             w2: float = 3.0, relative: bool = False) -> torch.Tensor:
+             w2: float = 3.0) -> torch.Tensor:
     """FeatUp's sampled dense-CRF smoothness: pixels close in place and colour should have close features.
 
     ``samples`` pixels are drawn per call (the same places in every image of the batch); for each pair with
     coordinates u in [0, 1) and guidance colours g, ``k = w1·exp(−‖Δu‖²/(2α) − ‖Δg‖²/(2β)) + w2·exp(−‖Δu‖²/(2γ))``
     and the loss is ``mean(k · ‖Δf‖²)``. ``guidance`` (B×g×H×W) and ``features`` (B×C×H×W) must be aligned:
     the published code paired jittered features with the unjittered image.
-
-    ``relative=True`` divides each image's term by the mean ``‖Δf‖²`` of its sampled pairs: the kernel-weighted
-    share of the features' differences, which scaling the features cannot change. The absolute term is
-    lowered by shrinking every feature, and a JBU trained with it learns to shrink its output's contrast.
     """
     if guidance.shape[0] != features.shape[0] or guidance.shape[-2:] != features.shape[-2:]:
         raise ValueError(f"guidance {tuple(guidance.shape)} and features {tuple(features.shape)} must have the same "
@@ -119,8 +115,6 @@ def crf_loss(guidance: torch.Tensor, features: torch.Tensor, generator: torch.Ge
     picked = picked - picked.mean(-1, keepdim=True)
     norms = picked.square().sum(1)
     feature_diff = (norms[:, :, None] + norms[:, None, :] - 2 * picked.transpose(1, 2) @ picked).clamp_min(0)
-    if relative:
-        return ((feature_diff * kernel).mean((1, 2)) / feature_diff.mean((1, 2)).clamp_min(1e-12)).mean()
     return (feature_diff * kernel).mean()
 
 

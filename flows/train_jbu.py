@@ -38,6 +38,7 @@ def train_jbu(
     init: Literal["bilateral", "random"] = "bilateral",
     crf_weight: Annotated[float, Field(ge=0)] = 0.0,
     consistency_weight: Annotated[float, Field(ge=0)] = 0.0,
+    contrast_weight: Annotated[float, Field(ge=0)] = 0.0,
     max_images: Count | None = None,
     seed: int = 0,
     weights: str | None = None,
@@ -69,6 +70,8 @@ def train_jbu(
         crf_weight: Weight of FeatUp's dense-CRF smoothness term (the published recipe: 0.001).
         consistency_weight: Weight of a term holding each cell's plain average of the upsampled features to the
             backbone's; it lets a larger crf_weight sharpen without losing meaning (not in the published recipe).
+        contrast_weight: Weight of a term holding each map's spread on the backbone's grid to the backbone's: the
+            CRF term otherwise shrinks the features, which probes trained on the backbone misread (not published).
         max_images: Use at most this many images.
         seed: Seed of every random draw.
         weights: Backbone weights path or URL.
@@ -88,5 +91,6 @@ def train_jbu(
     return train_jbu_task(images, backbone=backbone, tap=tap, steps=steps, checkpoint=checkpoint,
                           checkpoint_every=checkpoint_every, image_size=image_size, batch_size=batch_size,
                           num_jitters=num_jitters, lr=lr, head_lr=head_lr, lr_decay=lr_decay, range_kernel=range_kernel,
-                          init=init, crf_weight=crf_weight, consistency_weight=consistency_weight, seed=seed, weights=weights,
+                          init=init, crf_weight=crf_weight, consistency_weight=consistency_weight,
+                          contrast_weight=contrast_weight, seed=seed, weights=weights,
                           random_weights=random_weights, device=device, storage_secret=storage_secret)

@@ -78,6 +78,16 @@ def test_resume_refuses_other_settings(backbone, images, tmp_path):
         small_jbu(backbone, images, 2, checkpoint=path, resume=True, lr=5e-3)
 
 
+def test_the_contrast_term_adds_to_the_loss_and_a_resume_must_keep_it(backbone, images, tmp_path):
+    _, plain = small_jbu(backbone, images, 1)
+    _, kept = small_jbu(backbone, images, 1, contrast_weight=1.0)
+    assert kept[0]["mse"] == plain[0]["mse"] and kept[0]["loss"] > plain[0]["loss"]  # same step, one more term
+    path = tmp_path / "jbu.pt"
+    small_jbu(backbone, images, 1, checkpoint=path, contrast_weight=1.0)
+    with pytest.raises(ValueError, match="contrast_weight"):
+        small_jbu(backbone, images, 2, checkpoint=path, resume=True)
+
+
 def test_simple_downsampler_and_image_sequences_of_any_size(backbone):
     images = [torch.rand(3, 40, 50), torch.rand(3, 33, 32)]
     model, history = small_jbu(backbone, images, 1, downsampler="simple")

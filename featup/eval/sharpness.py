@@ -7,8 +7,8 @@
 - ``pooled_cosine``: cosine between the high-res features average-pooled back onto the backbone's grid
   and the backbone's own features; 1 when the upsampler added detail without changing what the features
   say at the scale the backbone saw.
-- ``contrast_kept``: per channel, the spatial spread of the pooled features over the backbone's, averaged;
-  1 when the upsampler kept each channel's contrast. A probe trained on the backbone's features reads
+- ``contrast_kept``: the spatial spread of the pooled features over the backbone's, summed over channels
+  (so dead, constant channels do not count); 1 when the upsampler kept the channels' contrast. A probe trained on the backbone's features reads
   shrunken ones as weak evidence, so a low value costs segmentation even at a high cosine (which ignores
   scale).
 
@@ -97,9 +97,8 @@ def pooled_cosine(high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
 
 
 def contrast_kept(high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-    """Per image: the mean over channels of std(pooled high) / std(low), spatial stds on ``low``'s grid; B values."""
+    """Per image: Σ_c std(pooled high_c) / Σ_c std(low_c), spatial stds on ``low``'s grid; B values."""
     if high.shape[:2] != low.shape[:2]:
         raise ValueError(f"high {tuple(high.shape)} and low {tuple(low.shape)} features differ in batch or channels")
     pooled = F.adaptive_avg_pool2d(high.float(), low.shape[-2:]).flatten(2)
-    spread = low.float().flatten(2).std(-1)
-    return (pooled.std(-1) / spread.clamp_min(1e-12)).mean(1)
+    return pooled.std(-1).sum(1) / low.float().flatten(2).std(-1).sum(1).clamp_min(1e-12)

@@ -119,7 +119,6 @@ def train_jbu(
     range_kernel: str = "distance",
     init: str = "bilateral",
     crf_weight: float = 0.0,
-    crf_relative: bool = False,
     consistency_weight: float = 0.0,
     contrast_weight: float = 0.0,
     seed: int = 0,
@@ -141,8 +140,7 @@ def train_jbu(
     joint bilateral upsampler (``init="bilateral"``); ``range_kernel="dot", init="random"`` is the published
     layer and initialisation (see ``featup.upsamplers.jbu`` for why featup departs from it).
     ``crf_weight`` adds FeatUp's sampled dense-CRF term (``featup.losses.crf_loss``; the published weight is
-    0.001) on each image's first view, with features and image aligned; ``crf_relative`` uses its scale-free
-    form (``crf_loss(relative=True)``), which cannot be lowered by shrinking the features' contrast.
+    0.001) on each image's first view, with features and image aligned.
     ``consistency_weight`` adds the mean squared difference between the upsampled features average-pooled
     back onto the backbone's grid and the backbone's features (in each view's projection, RMS units): the
     multi-view term pools through a learned downsampler, which can absorb features leaking across cells,
@@ -183,8 +181,6 @@ def train_jbu(
         config |= {"range_kernel": range_kernel, "init": init}
     if crf_weight:
         config["crf_weight"] = crf_weight
-        if crf_relative:
-            config["crf_relative"] = True
     if consistency_weight:
         config["consistency_weight"] = consistency_weight
     if contrast_weight:
@@ -245,7 +241,7 @@ def train_jbu(
             if crf_weight:
                 first_views = values.unflatten(0, (len(indices), num_jitters))[:, 0].float()
                 guidance = (batch - _IMAGENET_MEAN.to(batch)) / _IMAGENET_STD.to(batch)
-                loss = loss + crf_weight * crf_loss(guidance, first_views, g, relative=crf_relative)
+                loss = loss + crf_weight * crf_loss(guidance, first_views, g)
             if consistency_weight:
                 loss = loss + consistency_weight * _cell_consistency(values, features / unit, projection, num_jitters)
             if contrast_weight:
@@ -362,8 +358,9 @@ def _resume(checkpoint: str | os.PathLike, config: dict, parts: nn.ModuleDict, o
         tensors, metadata = load_checkpoint(path, storage_options=storage_options)
     except FileNotFoundError:
         return 0, []
-    if metadata.get("config") != config:
-        changed = sorted(k for k in config if metadata.get("config", {}).get(k) != config[k])
+    saved = metadata.get("config", {})
+    if saved != config:
+        changed = sorted(k for k in {*config, *saved} if saved.get(k) != config.get(k))
         raise ValueError(f"cannot resume from {path}: it was trained with other settings ({', '.join(changed)}); "
                          "pass the same settings, or another checkpoint path to start afresh")
     _restore_training_state(tensors, metadata["param_groups"], parts, optimizer)

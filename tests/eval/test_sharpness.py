@@ -74,5 +74,9 @@ def test_contrast_kept_is_one_for_a_lossless_upsampler_and_follows_each_channels
     blurred = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(low, 2), size=(32, 32), mode="bilinear")
     assert (contrast_kept(blurred, low) < 0.9).all()
     torch.testing.assert_close(contrast_kept(lossless + 3.0, low), torch.ones(2))
+    dead = low.clone()
+    dead[:, 0] = 1.0  # a constant channel (the stride-32 head has some) neither counts nor divides by zero
+    torch.testing.assert_close(contrast_kept(0.5 * dead.repeat_interleave(8, -1).repeat_interleave(8, -2), dead),
+                               torch.full((2,), 0.5))
     with pytest.raises(ValueError, match="differ in batch or channels"):
         contrast_kept(torch.randn(1, 4, 8, 8), low)
