@@ -63,7 +63,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seg-test", type=int, default=16)
     p.add_argument("--depth-train", type=int, default=32)
     p.add_argument("--depth-test", type=int, default=12)
-    p.add_argument("--cam-crops", type=int, default=2, help="crops per offline photo (9 photos)")
+    p.add_argument("--cam-crops", type=int, default=8, help="crops per offline photo (9 photos): CAM test images")
     p.add_argument("--cam-output-size", type=int, default=112, help="upsampled size of the 1280-channel CAM maps")
     p.add_argument("--protocol", default="own", choices=["own", "full"], help="probe protocol of the main table")
     p.add_argument("--probe-steps", type=int, default=300)
