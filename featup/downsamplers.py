@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AttentionDownsampler", "SimpleDownsampler", "gaussian_blur"]
+__all__ = ["AttentionDownsampler", "SimpleDownsampler", "gaussian_blur", "window_softmax"]
 
 
 def gaussian_blur(x: torch.Tensor, kernel_size: int = 5, sigma: float = 1.0) -> torch.Tensor:
@@ -91,6 +91,22 @@ class SimpleDownsampler(nn.Module):
         return out.reshape(b, c, *output_size)
 
 
+def window_softmax(saliency: torch.Tensor, kernel_size: int, stride: int, output_size: tuple[int, int],
+                   weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Softmax over each k×k window of B×1×H×W saliency of ``window · weight + bias``: B×h×w×k×k weights.
+
+    ``weight`` and ``bias`` broadcast against the B×h×w×k² windows: k² values for one downsampler, or
+    B×1×1×k² for one per image (a batch of implicit fits).
+    """
+    k, b = kernel_size, saliency.shape[0]
+    h, w = output_size
+    windows = F.unfold(saliency, k, stride=stride).view(b, k * k, h, w).permute(0, 2, 3, 1)
+    scores = windows * weight + bias
+    # The softmax runs in at least float32 so half-precision windows of 841 taps still sum to one.
+    attn = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+    return attn.to(saliency.dtype).view(b, h, w, k, k)
+
+
 class AttentionDownsampler(nn.Module):
     """Softmax attention pooling over (possibly overlapping) k×k windows of blurred features.
 
@@ -131,14 +147,8 @@ class AttentionDownsampler(nn.Module):
 
     def attention(self, saliency: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
         """Softmax weights B×h×w×k×k of each window's taps, from a saliency map that already spans the windows."""
-        k = self.kernel_size
-        b = saliency.shape[0]
-        h, w = output_size
-        windows = F.unfold(saliency, k, stride=self.stride).view(b, k * k, h, w).permute(0, 2, 3, 1)
-        scores = windows * self.w.flatten().to(saliency.dtype) + self.b.flatten().to(saliency.dtype)
-        # The softmax runs in at least float32 so half-precision windows of 841 taps still sum to one.
-        attn = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
-        return attn.to(saliency.dtype).view(b, h, w, k, k)
+        return window_softmax(saliency, self.kernel_size, self.stride, output_size,
+                              self.w.flatten().to(saliency.dtype), self.b.flatten().to(saliency.dtype))
 
     def forward(self, features: torch.Tensor, output_size: tuple[int, int],
                 saliency: torch.Tensor | None = None) -> torch.Tensor:

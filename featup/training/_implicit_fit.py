@@ -13,7 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from featup.downsamplers import AttentionDownsampler, _fit_span, _window_sum, gaussian_blur
+from featup.downsamplers import (
+    AttentionDownsampler,
+    _fit_span,
+    _window_sum,
+    gaussian_blur,
+    window_softmax,
+)
 from featup.jitter import Jitter, apply_jitter, sample_jitter
 from featup.losses import (
     UncertaintyScale,
@@ -224,11 +230,9 @@ class _BatchFit:
         sal = gaussian_blur(_fit_span(saliency, self.grid, k, s, pad))
         if pad:
             sal = F.pad(sal, [pad] * 4, mode="reflect")
-        gh, gw = self.grid
-        windows = F.unfold(sal, k, stride=s).view(sal.shape[0], k * k, gh, gw).permute(0, 2, 3, 1)
         weight = self.params.att_w.flatten(1).repeat_interleave(v, 0)[:, None, None]
         bias = self.params.att_b.flatten(1).repeat_interleave(v, 0)[:, None, None]
-        return torch.softmax(windows * weight + bias, dim=-1).view(-1, gh, gw, k, k)
+        return window_softmax(sal, k, s, self.grid, weight, bias)
 
     def _pool_reference(self, values: torch.Tensor, attention: torch.Tensor, jitters: list[Jitter],
                         projection: torch.Tensor | None) -> torch.Tensor:
