@@ -106,7 +106,7 @@ def main() -> None:
     for name, options in variants.items():
         start = time.perf_counter()
         options = dict(options)
-        if frozen := options.pop("frozen", ()):
+        if frozen := tuple(options.pop("frozen", ())):
             options["upsampler"] = create_upsampler("jbu", dim=backbone.dim, range_kernel="distance")
             options["upsampler"].init_bilateral()
             for key, parameter in options["upsampler"].named_parameters():
