@@ -14,7 +14,9 @@ Measures (per photo, averaged):
 - pooled cosine: cosine between the rendered 224² features average-pooled to the backbone's 14×14 grid and
   the backbone's own features (1 = the meaning at that scale is kept);
 - edge concentration: share of the channel-standardised feature-gradient energy that lies on the photo's
-  Canny edges (σ 2, dilated by one pixel), divided by the share of those edge pixels (1 = blind to edges).
+  Canny edges, divided by the share of those edge pixels (1 = blind to edges); featup.eval.sharpness, the
+  measure of bench/sharpness.py (before session 8 this script used its own variant: forward differences and
+  edges dilated by a pixel, so its older numbers in docs/bench/implicit.md are on that scale).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from featup.backbones import load_backbone
+from featup.eval import sharpness
 from featup.eval.features import image_tensor
 from featup.photos import sample_photos
 from featup.training.implicit import fit_implicit, fit_implicit_batch, implicit_recipe
@@ -37,24 +40,12 @@ PHOTOS = ["chelsea", "astronaut", "coffee", "voc"]
 
 
 def edge_concentration(features: torch.Tensor, image: torch.Tensor) -> float:
-    """Mean over images of (feature-gradient energy on Canny edges / all of it) / (edge pixels / all pixels)."""
-    from skimage.feature import canny
-
-    scores = []
-    for f, img in zip(features.float(), image.float(), strict=True):
-        grey = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]).numpy()
-        edges = torch.from_numpy(canny(grey, sigma=2.0)).float()
-        edges = F.max_pool2d(edges[None, None], 3, 1, 1)[0, 0, :-1, :-1] > 0
-        f = f / f.flatten(1).std(1).clamp_min(1e-8)[:, None, None]
-        energy = ((f[:, 1:, :-1] - f[:, :-1, :-1]).square() + (f[:, :-1, 1:] - f[:, :-1, :-1]).square()).sum(0)
-        scores.append(float(energy[edges].sum() / energy.sum()) / float(edges.float().mean()))
-    return sum(scores) / len(scores)
+    """featup.eval.sharpness.edge_concentration on the photos' Canny edges, averaged over the photos."""
+    return float(sharpness.edge_concentration(features, sharpness.image_edges(image)).nanmean())
 
 
 def pooled_cosine(features: torch.Tensor, low: torch.Tensor) -> float:
-    """Cosine between features average-pooled onto the low-res grid and the backbone's features there."""
-    pooled = F.adaptive_avg_pool2d(features, low.shape[-2:])
-    return float(F.cosine_similarity(pooled, low, dim=1).mean())
+    return float(sharpness.pooled_cosine(features, low).mean())
 
 
 def overrides(pairs: list[str]) -> dict:
