@@ -89,22 +89,13 @@ def run_tags() -> tuple[str, str]:
     return CLI_TAG, f"{_PID_TAG}{socket.gethostname()}:{os.getpid()}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def crash_stale_runs() -> list[str]:
     """Mark Crashed the unfinished flow runs started by `featup` on this host whose process is gone; their ids.
 
     A run killed with SIGKILL cannot report its end, so it would show RUNNING forever; the process that
     started it is recorded in its tags (:func:`run_tags`).
     """
+    from featup_tasks.locks import process_alive
     from prefect import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -126,7 +117,7 @@ def crash_stale_runs() -> list[str]:
             if owner is None or owner.rpartition(":")[0] != host:
                 continue
             pid = int(owner.rpartition(":")[2])
-            if pid == os.getpid() or _alive(pid):
+            if pid == os.getpid() or process_alive(pid):
                 continue
             client.set_flow_run_state(run.id, Crashed(message=f"its process ({pid} on {host}) ended without "
                                                               "reporting: killed or lost"), force=True)

@@ -36,7 +36,8 @@ log = get_logger("featup.locks")
 LEASE_S = float(os.environ.get("FEATUP_LOCK_LEASE_S", "60"))
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -95,7 +96,7 @@ class ProcessAwareLockManager(FileSystemLockManager):
                 self._locks.pop(key, None)
                 return False
             return True
-        if info and info.get("host") == socket.gethostname() and not _alive(int(info.get("pid", 0))):
+        if info and info.get("host") == socket.gethostname() and not process_alive(int(info.get("pid", 0))):
             Path(info["path"]).unlink(missing_ok=True)
             self._locks.pop(key, None)
             return False
