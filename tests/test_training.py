@@ -158,30 +158,30 @@ def test_wide_features_train_through_their_projections_with_the_same_values(dim)
                                rtol=1e-4, atol=1e-5)
 
 
-def test_cell_consistency_is_zero_when_each_cell_keeps_its_average_and_not_when_features_leak():
-    from featup.training.jbu import _cell_consistency
-
+def _cell_views() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features (2 images), projections (2 views each), views that repeat each cell's value, zero-mean cell texture."""
     torch.manual_seed(0)
-    features, projection = torch.randn(2, DIM, 4, 4), torch.randn(4, DIM, 3)  # 2 images × 2 views
+    features, projection = torch.randn(2, DIM, 4, 4), torch.randn(4, DIM, 3)
     within = torch.einsum("bchw,bcd->bdhw", features.repeat_interleave(2, 0), projection)
     values = torch.nn.functional.interpolate(within, scale_factor=STRIDE, mode="nearest")
     texture = torch.randn(4, 3, STRIDE, STRIDE)
     texture = (texture - texture.mean((-2, -1), keepdim=True)).repeat(1, 1, 4, 4)  # zero mean in every cell
+    return features, projection, values, texture
+
+
+def test_cell_consistency_is_zero_when_each_cell_keeps_its_average_and_not_when_features_leak():
+    from featup.training.jbu import _cell_consistency
+
+    features, projection, values, texture = _cell_views()
     assert _cell_consistency(values + texture, features, projection, 2).item() < 1e-10
     leaked = values.roll(STRIDE // 2, dims=-1)
     assert _cell_consistency(leaked, features, projection, 2).item() > 0.1
 
 
-
 def test_cell_contrast_charges_shrunken_features_but_not_texture_or_a_shift():
     from featup.training.jbu import _cell_contrast
 
-    torch.manual_seed(0)
-    features, projection = torch.randn(2, DIM, 4, 4), torch.randn(4, DIM, 3)  # 2 images × 2 views
-    within = torch.einsum("bchw,bcd->bdhw", features.repeat_interleave(2, 0), projection)
-    values = torch.nn.functional.interpolate(within, scale_factor=STRIDE, mode="nearest")
-    texture = torch.randn(4, 3, STRIDE, STRIDE)
-    texture = (texture - texture.mean((-2, -1), keepdim=True)).repeat(1, 1, 4, 4)  # zero mean in every cell
+    features, projection, values, texture = _cell_views()
     assert _cell_contrast(values + texture + 5.0, features, projection, 2).item() < 1e-10
     # what a CRF-trained JBU did: each map kept its shape (cosine 0.95) at half the backbone's contrast
     shrunk = _cell_contrast(0.5 * values, features, projection, 2).item()
