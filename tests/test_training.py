@@ -170,19 +170,19 @@ def _cell_views() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tenso
 
 
 def test_cell_consistency_is_zero_when_each_cell_keeps_its_average_and_not_when_features_leak():
-    from featup.training.jbu import _cell_consistency
+    from featup.training.jbu import _cell_consistency, _cells_and_targets
 
     features, projection, values, texture = _cell_views()
-    assert _cell_consistency(values + texture, features, projection, 2).item() < 1e-10
+    assert _cell_consistency(*_cells_and_targets(values + texture, features, projection, 2)).item() < 1e-10
     leaked = values.roll(STRIDE // 2, dims=-1)
-    assert _cell_consistency(leaked, features, projection, 2).item() > 0.1
+    assert _cell_consistency(*_cells_and_targets(leaked, features, projection, 2)).item() > 0.1
 
 
 def test_cell_contrast_charges_shrunken_features_but_not_texture_or_a_shift():
-    from featup.training.jbu import _cell_contrast
+    from featup.training.jbu import _cell_contrast, _cells_and_targets
 
     features, projection, values, texture = _cell_views()
-    assert _cell_contrast(values + texture + 5.0, features, projection, 2).item() < 1e-10
+    assert _cell_contrast(*_cells_and_targets(values + texture + 5.0, features, projection, 2)).item() < 1e-10
     # what a CRF-trained JBU did: each map kept its shape (cosine 0.95) at half the backbone's contrast
-    shrunk = _cell_contrast(0.5 * values, features, projection, 2).item()
+    shrunk = _cell_contrast(*_cells_and_targets(0.5 * values, features, projection, 2)).item()
     assert shrunk == pytest.approx(torch.tensor(0.5).log().square().item(), rel=1e-4)

@@ -8,9 +8,9 @@
   and the backbone's own features; 1 when the upsampler added detail without changing what the features
   say at the scale the backbone saw.
 - ``contrast_kept``: the spatial spread of the pooled features over the backbone's, summed over channels
-  (so dead, constant channels do not count); 1 when the upsampler kept the channels' contrast. A probe trained on the backbone's features reads
-  shrunken ones as weak evidence, so a low value costs segmentation even at a high cosine (which ignores
-  scale).
+  (so dead, constant channels do not count); 1 when the upsampler kept the channels' contrast. A probe
+  trained on the backbone's features reads shrunken ones as weak evidence, so a low value costs
+  segmentation even at a high cosine (which ignores scale).
 
 A sharp upsampler needs both: a high concentration alone can come from features that changed meaning.
 """

@@ -242,10 +242,12 @@ def train_jbu(
                 first_views = values.unflatten(0, (len(indices), num_jitters))[:, 0].float()
                 guidance = (batch - _IMAGENET_MEAN.to(batch)) / _IMAGENET_STD.to(batch)
                 loss = loss + crf_weight * crf_loss(guidance, first_views, g)
-            if consistency_weight:
-                loss = loss + consistency_weight * _cell_consistency(values, features / unit, projection, num_jitters)
-            if contrast_weight:
-                loss = loss + contrast_weight * _cell_contrast(values, features / unit, projection, num_jitters)
+            if consistency_weight or contrast_weight:
+                cells, target = _cells_and_targets(values, features / unit, projection, num_jitters)
+                if consistency_weight:
+                    loss = loss + consistency_weight * _cell_consistency(cells, target)
+                if contrast_weight:
+                    loss = loss + contrast_weight * _cell_contrast(cells, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if step < warmup_clip_steps:
@@ -314,18 +316,14 @@ def _cells_and_targets(values: torch.Tensor, features: torch.Tensor, projection:
     return pooled, project(features.repeat_interleave(num_jitters, 0), projection)
 
 
-def _cell_consistency(values: torch.Tensor, features: torch.Tensor, projection: torch.Tensor,
-                      num_jitters: int) -> torch.Tensor:
-    """MSE between the projected views pooled onto the features' grid and the projected features."""
-    pooled, target = _cells_and_targets(values, features, projection, num_jitters)
-    return (pooled - target).square().mean()
+def _cell_consistency(cells: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE between the pooled views and the projected features (``_cells_and_targets``)."""
+    return (cells - target).square().mean()
 
 
-def _cell_contrast(values: torch.Tensor, features: torch.Tensor, projection: torch.Tensor,
-                   num_jitters: int) -> torch.Tensor:
-    """Mean squared log ratio of each projected map's spatial spread on the features' grid: the views' over the features'."""
-    pooled, target = _cells_and_targets(values, features, projection, num_jitters)
-    spread = pooled.flatten(2).std(-1).clamp_min(1e-6).log()
+def _cell_contrast(cells: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared log ratio of each map's spatial spread: the pooled views' over the projected features'."""
+    spread = cells.flatten(2).std(-1).clamp_min(1e-6).log()
     return (spread - target.flatten(2).std(-1).clamp_min(1e-6).log()).square().mean()
 
 
