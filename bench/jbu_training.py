@@ -8,7 +8,7 @@ backbone (kept meaning), and the mean range-kernel entropy of the trained layers
 the layer ignores the image). PCA pictures of every variant go to --out.
 
     python bench/jbu_training.py --steps 60 --variants published from-bilateral from-bilateral-crf
-    python bench/jbu_training.py --steps 80 --variants --variant 'relcrf2={"crf_weight": 2, "crf_relative": true}'
+    python bench/jbu_training.py --steps 80 --variants --variant 'c05={"crf_weight": 0.05, "contrast_weight": 1}'
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", nargs="*", default=["published", "from-bilateral"], choices=sorted(VARIANTS))
     p.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
-                   help='one more variant, trained after --variants: NAME={"crf_weight": 2, "crf_relative": true}')
+                   help='one more variant, trained after --variants: NAME={"crf_weight": 0.05, "contrast_weight": 1}')
     p.add_argument("--tap", default="stride16")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=2)

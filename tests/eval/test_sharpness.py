@@ -71,7 +71,7 @@ def test_contrast_kept_is_one_for_a_lossless_upsampler_and_follows_each_channels
     torch.testing.assert_close(contrast_kept(0.5 * lossless, low), torch.full((2,), 0.5))
     torch.testing.assert_close(pooled_cosine(0.5 * lossless, low), torch.ones(2))
     # a blur loses contrast; a constant shift does not
-    blurred = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(low, 2), size=(32, 32), mode="bilinear")
+    blurred = F.interpolate(F.avg_pool2d(low, 2), size=(32, 32), mode="bilinear")
     assert (contrast_kept(blurred, low) < 0.9).all()
     torch.testing.assert_close(contrast_kept(lossless + 3.0, low), torch.ones(2))
     dead = low.clone()
