@@ -246,3 +246,15 @@ def test_models_rebuilt_from_a_spec_are_the_ones_it_records_and_other_weights_ar
     spec32 = feature_spec("m", stride32, "bilinear", load_upsampler("bilinear"), size=(SIZE, SIZE))
     assert spec32.backbone == "efficientnet_lite0-stride32"
     assert build_models(spec32)[0].tap == "stride32"
+
+
+def test_a_spec_records_how_the_upsampler_was_built_and_refuses_it_built_otherwise(backbone):
+    from featup.pipeline import build_models, check_models, feature_spec
+
+    shipped = load_upsampler("jbu", backbone=backbone.id, dim=backbone.dim)
+    stepped = load_upsampler("jbu", backbone=backbone.id, dim=backbone.dim, back_projection=0.5)
+    spec = feature_spec("m", backbone, "jbu", stepped, size=(SIZE, SIZE))
+    assert spec.extra["upsampler_kwargs"] == {"range_kernel": "distance", "back_projection": 0.5}
+    assert build_models(spec)[1].back_projection == 0.5  # the shipped checkpoint records none
+    with pytest.raises(ValueError, match=r"built with \{'range_kernel': 'distance'\}, the store was made with"):
+        check_models(spec, backbone, shipped)

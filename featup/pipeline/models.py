@@ -54,13 +54,18 @@ def feature_spec(
     """The spec of a store made by these models: the recipe :func:`build_models` rebuilds them from, with
     the weights' provenance (portable name and sha256 of the backbone's, sha256 of the upsampler's)."""
     h, w = size
+    extra: dict[str, Any] = {"image_size": [h, w]}
+    if kwargs := getattr(upsampler, "upsampler_cfg", {}).get("upsampler_kwargs"):
+        # What the module was built with beyond its weights (e.g. a JBU's back_projections, recorded in its
+        # checkpoint): the same weights built otherwise give other features.
+        extra["upsampler_kwargs"] = dict(kwargs)
     return FeatureSpec(
         dataset=dataset, backbone=backbone.id, upsampler=upsampler_name, channels=backbone.dim, size=(h, w),
         dtype=dtype, lowres_size=(h // backbone.stride, w // backbone.stride) if keep_lowres else None,
         tap=backbone.tap, normalization=backbone.norm_config,
         checkpoint_sha256=getattr(upsampler, "upsampler_cfg", {}).get("checkpoint_sha256"),
         weights=backbone.weights, weights_sha256=backbone.weights_sha256,
-        upsampler_options=dict(upsampler_options or {}), extra={"image_size": [h, w]},
+        upsampler_options=dict(upsampler_options or {}), extra=extra,
     )
 
 
@@ -84,6 +89,11 @@ def check_models(spec: FeatureSpec, backbone: Backbone, upsampler: Any) -> None:
         raise ValueError(
             f"the {spec.upsampler} upsampler here has weights with sha256 {sha}, the store was made with "
             f"{spec.checkpoint_sha256}: pass the same checkpoint, or write to another store")
+    built = getattr(upsampler, "upsampler_cfg", {}).get("upsampler_kwargs") or {}
+    if "upsampler_kwargs" in spec.extra and dict(built) != spec.extra["upsampler_kwargs"]:
+        raise ValueError(
+            f"the {spec.upsampler} upsampler here is built with {dict(built)}, the store was made with "
+            f"{spec.extra['upsampler_kwargs']}: build it with those options, or write to another store")
 
 
 def build_models(spec: FeatureSpec, *, weights: StorageRoot | None = None,
@@ -100,7 +110,8 @@ def build_models(spec: FeatureSpec, *, weights: StorageRoot | None = None,
     else:
         upsampler = load_upsampler(spec.upsampler, backbone=backbone.id, dim=backbone.dim,
                                    checkpoint=None if checkpoint is None else checkpoint.url,
-                                   storage_options=None if checkpoint is None else checkpoint.options)
+                                   storage_options=None if checkpoint is None else checkpoint.options,
+                                   **spec.extra.get("upsampler_kwargs", {}))
     check_models(spec, backbone, upsampler)
     return backbone, upsampler
 

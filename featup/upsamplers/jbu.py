@@ -28,6 +28,14 @@ Two departures from the published layer, both optional and both loading the same
   upsampler (``featup.upsamplers.bilateral``): keys are the image's colours over the colour sigma, the
   fixups start at zero. Training then starts from an upsampler that already follows edges.
 
+One step the published stack does not take, optional and outside training: ``back_projection=α`` adds to the
+source α times what the output, average-pooled onto the backbone's grid, misses of the backbone's features, and
+upsamples again (a back-projection step, Irani & Peleg 1991, with the stack itself as the back-projecting filter:
+the layers are linear in the source, so correcting the source corrects the output along the image's edges, where
+bilinear back-projection would blur). FeatUp asks of an upsampler that pooling it gives back the features; the
+stack learns that only approximately. A full step (α = 1) raises the pooled cosine most but costs depth
+probes and CAMs (docs/bench/jbu-training.md, session 9), so it is a dial, off by default.
+
 Where no gradient is wanted and the compiled CPU kernels are built (float32/float64, radius ≤ 4), a layer runs as
 one fused pass per block of output rows (``featup.ops.jbu_layer``) that never writes its B×d²×H×W filters; with
 autograd, on CUDA or for other dtypes it is composed from ``adaptive_conv``, ``neighbour_products`` and PyTorch
@@ -227,11 +235,14 @@ class JBUStack(nn.Module):
     """FeatUp's JBU upsampler: ``num_layers`` JBU layers reaching any output size, then a 1×1 residual fixup."""
 
     def __init__(self, dim: int, num_layers: int = 4, *, key_dim: int = 32, radius: int = 3,
-                 range_kernel: str = "dot"):
+                 range_kernel: str = "dot", back_projection: float = 0.0):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"got num_layers={num_layers}, expected at least 1")
+        if not 0 <= back_projection <= 1:
+            raise ValueError(f"got back_projection={back_projection}, expected a step between 0 (none) and 1 (full)")
         self.dim = dim
+        self.back_projection = back_projection
         self.num_layers = num_layers
         self.radius = radius
         for k in range(1, num_layers + 1):
@@ -282,13 +293,40 @@ class JBUStack(nn.Module):
                 f"got features with {features.shape[1]} channels, expected {self.dim} (the dim this JBUStack was "
                 "built for)"
             )
-        dropout, conv = self.fixup_proj
+        source = features
+        if self.back_projection:
+            source = features + self.back_projection * (features - self._pooled(features, image, output_size))
+        return self._upsample(source, image, output_size)
+
+    def _fixed(self, source: torch.Tensor) -> torch.Tensor:
         # out + 0.1·(W·drop(out) + b) with out = layers(x) equals layers(x + 0.1·W·drop(x)) + 0.1·b: the
         # layers are linear and the same for every channel, so the 1×1 fixup runs on the low-res grid.
-        fixed = features + 0.1 * F.conv2d(dropout(features), conv.weight)
-        out = self._run_layers(fixed, image, output_size)
+        dropout, conv = self.fixup_proj
+        return source + 0.1 * F.conv2d(dropout(source), conv.weight)
+
+    def _bias(self, like: torch.Tensor) -> torch.Tensor:
+        return 0.1 * self.fixup_proj[1].bias[:, None, None].to(like.dtype)
+
+    def _upsample(self, source: torch.Tensor, image: torch.Tensor,
+                  output_size: int | Sequence[int] | None) -> torch.Tensor:
+        out = self._run_layers(self._fixed(source), image, output_size)
         # In place: the layers' output is a fresh tensor no backward needs, and this is one pass over the largest one.
-        return out.add_(0.1 * conv.bias[:, None, None].to(out.dtype))
+        return out.add_(self._bias(out))
+
+    def _pooled(self, source: torch.Tensor, image: torch.Tensor,
+                output_size: int | Sequence[int] | None) -> torch.Tensor:
+        """``_upsample(source)`` average-pooled onto the source's grid (what back-projection compares)."""
+        grid = source.shape[-2:]
+        cells = grid[0] * grid[1]
+        if cells >= self.dim:
+            return F.adaptive_avg_pool2d(self._upsample(source, image, output_size), grid)
+        # Wide features (a 1280-channel head on a 7×7 grid): the pooled layers are one cells×cells map per image,
+        # the same for every channel, so run the layers on the cells' indicator maps instead of on every channel.
+        batch = source.shape[0]
+        basis = torch.eye(cells, dtype=source.dtype, device=source.device).view(1, cells, *grid)
+        response = self._run_layers(basis.repeat(batch, 1, 1, 1), image, output_size)
+        pooled = torch.bmm(self._fixed(source).flatten(2), F.adaptive_avg_pool2d(response, grid).flatten(2))
+        return pooled.view_as(source) + self._bias(source)
 
     def _run_layers(self, features: torch.Tensor, image: torch.Tensor,
                     output_size: int | Sequence[int] | None) -> torch.Tensor:
@@ -310,6 +348,9 @@ class JBUStack(nn.Module):
         ``projection`` is B×dim×D.
         """
         check_features_and_image(features, image)
+        if self.back_projection:
+            raise ValueError(f"forward_projected trains the layers, and back-projection is an inference step: got "
+                             f"back_projection={self.back_projection}, set it to 0 while training")
         b, dim = features.shape[:2]
         if projection.ndim != 3 or projection.shape[:2] != (b, self.dim) or dim != self.dim:
             raise ValueError(f"expected features with {self.dim} channels and a B×{self.dim}×D projection, got "
@@ -358,9 +399,13 @@ def guidance_at(guidance: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 @register_upsampler
-def jbu(dim: int, num_layers: int = 4, key_dim: int = 32, radius: int = 3, range_kernel: str = "dot") -> JBUStack:
+def jbu(dim: int, num_layers: int = 4, key_dim: int = 32, radius: int = 3, range_kernel: str = "dot",
+        back_projection: float = 0.0) -> JBUStack:
     """FeatUp's JBU stack over ``dim`` feature channels, reaching any output size in ``num_layers`` layers.
 
     ``range_kernel="dot"`` is the published layer; ``"distance"`` the bilateral one featup trains (module docstring).
+    ``back_projection`` (0..1) steps the output towards pooling back to the features it was given (module
+    docstring); it costs one more pass, or a small one for wide features, and a checkpoint records its own.
     """
-    return JBUStack(dim, num_layers, key_dim=key_dim, radius=radius, range_kernel=range_kernel)
+    return JBUStack(dim, num_layers, key_dim=key_dim, radius=radius, range_kernel=range_kernel,
+                    back_projection=back_projection)

@@ -243,3 +243,52 @@ def test_inference_forward_equals_the_differentiable_forward(range_kernel, train
     differentiable = stack(features, image)
     assert differentiable.requires_grad
     torch.testing.assert_close(inference, differentiable.detach(), rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def pooled_error(stack, features, image):
+    pooled = torch.nn.functional.adaptive_avg_pool2d(stack(features, image), features.shape[-2:])
+    return float((pooled - features).square().mean() / features.square().mean())
+
+
+def test_back_projection_brings_the_pooled_output_back_towards_the_features():
+    # A trained-like stack (bilateral, weights moved a little): white-noise features lose a third of their energy
+    # when upsampled and pooled back; a full step wins half of that error back, a half step less.
+    features, image = inputs(dtype=torch.float64, grid=(6, 7), image=(48, 56))
+    errors = []
+    for step in (0.0, 0.5, 1.0):
+        stack = JBUStack(6, range_kernel="distance", back_projection=step).double()
+        stack.init_bilateral()
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for parameter in stack.parameters():
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+        errors.append(pooled_error(stack.eval(), features, image))
+    assert errors[0] > 0.2, errors
+    assert errors[2] < 0.8 * errors[1] and errors[1] < 0.8 * errors[0] and errors[2] < 0.5 * errors[0], errors
+
+
+def test_back_projection_is_one_more_pass_on_the_corrected_features():
+    narrow = randomised(JBUStack(6, range_kernel="distance", back_projection=0.5)).double().eval()
+    features, image = inputs(dtype=torch.float64)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(narrow._upsample(features, image, None), features.shape[-2:])
+    expected = narrow._upsample(features + 0.5 * (features - pooled), image, None)
+    torch.testing.assert_close(narrow(features, image), expected)
+
+
+def test_pooling_through_the_cells_equals_pooling_the_output():
+    # 32 channels on a 4×5 grid: the pooled pass runs the layers on the 20 cells' indicator maps.
+    wide = randomised(JBUStack(32, range_kernel="distance", back_projection=1.0)).double().eval()
+    features, image = inputs(dim=32, dtype=torch.float64)
+    plain = torch.nn.functional.adaptive_avg_pool2d(wide._upsample(features, image, None), features.shape[-2:])
+    torch.testing.assert_close(wide._pooled(features, image, None), plain)
+
+
+def test_back_projection_is_refused_in_training_and_out_of_range():
+    stack = JBUStack(6, back_projection=1.0)
+    features, image = inputs()
+    with pytest.raises(ValueError, match="back_projection=1.0, set it to 0 while training"):
+        stack.forward_projected(features, image, torch.randn(2, 6, 3))
+    for step in (-0.5, 2.0):
+        with pytest.raises(ValueError, match=f"back_projection={step}, expected a step between 0"):
+            JBUStack(6, back_projection=step)
