@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="extract backbone features of photos and write PCA images (lowres vs upsampled)",
         description="Extract features of photos and write, per photo, a PNG showing the image, the "
                     "backbone's own (lowres) features and each upsampler's output under one jointly fitted PCA "
-                    "basis, each panel titled. The file name carries the photo, backbone and size, so runs with "
-                    "other settings do not replace each other's pictures.",
+                    "basis, each panel titled. The file name carries the photo, backbone (with its tap) and size, so "
+                    "runs with other settings do not replace each other's pictures.",
     )
     pca.add_argument("images", nargs="*", help="image files or fsspec URLs (default: the offline sample photos)")
     pca.add_argument("--photos", nargs="+", metavar="NAME",
@@ -131,10 +131,10 @@ def _pca(args: argparse.Namespace) -> int:
         size = tuple(image.shape[-2:])
         grid = f"{low.shape[-2]}×{low.shape[-1]}"
         titles = ["image", f"{LOWRES} {grid}", *(f"{n} {size[0]}×{size[1]}" for n in upsamplers)]
-        url = f"{args.out.rstrip('/')}/{name}-{backbone.name}-{args.size}px.png"
+        url = f"{args.out.rstrip('/')}/{name}-{backbone.id}-{args.size}px.png"
         replaced += exists(url)
         written.append(save_png(side_by_side([image[0], *rgbs], size=size, titles=titles), url))
-    print(f"wrote {len(written)} PCA images (image | {LOWRES} {backbone.name} | {' | '.join(upsamplers)}) to "
+    print(f"wrote {len(written)} PCA images (image | {LOWRES} {backbone.id} | {' | '.join(upsamplers)}) to "
           f"{args.out}" + (f", replacing {replaced} of the same name" if replaced else "") + ":")
     for url in written:
         print(f"  {url}")

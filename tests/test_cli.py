@@ -54,6 +54,10 @@ def test_pca_writes_one_titled_png_per_photo_named_by_its_settings(tmp_path, cap
     assert (tmp_path / "chelsea-efficientnet_lite0-96px.png").exists()
     assert main(["pca", "--photos", "chelsea", "--size", "96", "--out", str(tmp_path)]) == 0
     assert "replacing 1 of the same name" in capsys.readouterr().out
+    # so is another tap
+    assert main(["pca", "--photos", "chelsea", "--size", "64", "--tap", "stride32", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "chelsea-efficientnet_lite0-stride32-64px.png").exists()
+    assert "replacing" not in capsys.readouterr().out
 
 
 def test_pca_fits_the_implicit_upsampler_to_each_photo(tmp_path):
