@@ -2,25 +2,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from featup.synthetic import SyntheticBackbone, synthetic_images
+from featup.synthetic import synthetic_images
 from featup.training.implicit import RECIPES, fit_implicit, fit_implicit_batch, implicit_recipe
 from featup.upsamplers.implicit import ImplicitUpsampler, guided_upsample
 
-SIZE, STRIDE, DIM = 32, 8, 8
+SIZE, DIM = 32, 8
 SMALL = dict(views=8, views_per_step=3, max_pad=3, pca_views=8, progress=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def backbone() -> SyntheticBackbone:
-    return SyntheticBackbone(DIM, STRIDE, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +112,8 @@ def test_bad_inputs_raise_clear_errors(backbone, images):
         fit_implicit(images[0], backbone, base="nearest", progress=False)
     with pytest.raises(TypeError, match="normalize"):
         fit_implicit(images[0], torch.nn.Identity(), progress=False)
+    with pytest.raises(ValueError, match="divisible"):
+        fit_implicit(torch.rand(3, 30, 32), backbone, steps=1, progress=False)
 
 
 def test_published_recipe_stays_available_by_name():
@@ -171,3 +160,22 @@ def test_edge_aware_smoothness_charges_changes_inside_flat_regions_not_across_ed
     assert edge_aware_smoothness(across, weights) < 1e-6 < edge_aware_smoothness(inside, weights)
     with pytest.raises(ValueError, match="sigma"):
         image_edge_weights(image, 0.0)
+
+
+def test_fit_implicit_lowers_its_loss_and_is_seeded(backbone, images):
+    logs: list[dict] = []
+    kwargs = dict(steps=30, views=16, views_per_step=4, max_pad=3, progress=False)
+    model = fit_implicit(images[0], backbone, log=logs.append, **kwargs)
+    assert isinstance(model, ImplicitUpsampler) and not model.training
+    assert len(logs) == 30
+    assert sum(r["reconstruction"] for r in logs[-5:]) < sum(r["reconstruction"] for r in logs[:5])
+    again = fit_implicit(images[0], backbone, **kwargs)
+    with torch.no_grad():
+        torch.testing.assert_close(model.render(), again.render())
+        assert model(None, images[:1], output_size=(48, 40)).shape == (1, DIM, 48, 40)
+
+
+def test_fit_implicit_with_random_projections(backbone, images):
+    model = fit_implicit(images[1], backbone, steps=2, views=4, views_per_step=2, projection_dim=3, max_pad=3,
+                         progress=False)
+    assert model.proj_dim == DIM

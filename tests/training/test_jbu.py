@@ -1,26 +1,11 @@
 import pytest
 import torch
 
-from featup.synthetic import SyntheticBackbone, synthetic_images
-from featup.training import fit_implicit, train_jbu, training_state_path
+from featup.synthetic import synthetic_images
+from featup.training import train_jbu, training_state_path
 from featup.upsamplers import JBUStack, create_upsampler, load_upsampler
-from featup.upsamplers.implicit import ImplicitUpsampler
 
 SIZE, STRIDE, DIM = 32, 8, 8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny: a second thread costs more in synchronisation than it saves, badly so on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def backbone() -> SyntheticBackbone:
-    return SyntheticBackbone(DIM, STRIDE, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -105,27 +90,6 @@ def test_bad_arguments_raise_with_a_fix(backbone, images):
         train_jbu(backbone, [torch.zeros(3, 32, 32, dtype=torch.uint8)], 1, image_size=SIZE, progress=False)
     with pytest.raises(TypeError, match="normalize"):
         train_jbu(torch.nn.Identity(), images, 1, progress=False)
-    with pytest.raises(ValueError, match="divisible"):
-        fit_implicit(torch.rand(3, 30, 32), backbone, steps=1, progress=False)
-
-
-def test_fit_implicit_lowers_its_loss_and_is_seeded(backbone, images):
-    logs: list[dict] = []
-    kwargs = dict(steps=30, views=16, views_per_step=4, max_pad=3, progress=False)
-    model = fit_implicit(images[0], backbone, log=logs.append, **kwargs)
-    assert isinstance(model, ImplicitUpsampler) and not model.training
-    assert len(logs) == 30
-    assert sum(r["reconstruction"] for r in logs[-5:]) < sum(r["reconstruction"] for r in logs[:5])
-    again = fit_implicit(images[0], backbone, **kwargs)
-    with torch.no_grad():
-        torch.testing.assert_close(model.render(), again.render())
-        assert model(None, images[:1], output_size=(48, 40)).shape == (1, DIM, 48, 40)
-
-
-def test_fit_implicit_with_random_projections(backbone, images):
-    model = fit_implicit(images[1], backbone, steps=2, views=4, views_per_step=2, projection_dim=3, max_pad=3,
-                         progress=False)
-    assert model.proj_dim == DIM
 
 
 @pytest.mark.parametrize("dim", [40, 8])
