@@ -39,6 +39,7 @@ def train_jbu(
     crf_weight: Annotated[float, Field(ge=0)] = 0.0,
     consistency_weight: Annotated[float, Field(ge=0)] = 0.0,
     contrast_weight: Annotated[float, Field(ge=0)] = 0.0,
+    layer_fixups: bool = True,
     max_images: Count | None = None,
     seed: int = 0,
     weights: str | None = None,
@@ -72,6 +73,8 @@ def train_jbu(
             backbone's; it lets a larger crf_weight sharpen without losing meaning (not in the published recipe).
         contrast_weight: Weight of a term holding each map's spread on the backbone's grid to the backbone's: the
             CRF term otherwise shrinks the features, which probes trained on the backbone misread (not published).
+        layer_fixups: Learn each layer's signed tap correction (the published layer); without, every layer stays a
+            positive-tap bilateral filter in a learned colour space, which CAMs read better (the stride-32 head's).
         max_images: Use at most this many images.
         seed: Seed of every random draw.
         weights: Backbone weights path or URL.
@@ -92,5 +95,5 @@ def train_jbu(
                           checkpoint_every=checkpoint_every, image_size=image_size, batch_size=batch_size,
                           num_jitters=num_jitters, lr=lr, head_lr=head_lr, lr_decay=lr_decay, range_kernel=range_kernel,
                           init=init, crf_weight=crf_weight, consistency_weight=consistency_weight,
-                          contrast_weight=contrast_weight, seed=seed, weights=weights,
+                          contrast_weight=contrast_weight, layer_fixups=layer_fixups, seed=seed, weights=weights,
                           random_weights=random_weights, device=device, storage_secret=storage_secret)

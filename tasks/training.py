@@ -17,7 +17,8 @@ from featup_tasks.storage import storage_options
 def train_jbu_task(images: list[torch.Tensor], *, backbone: str, tap: str | None, steps: int, checkpoint: str,
                    checkpoint_every: int, image_size: int, batch_size: int, num_jitters: int, lr: float,
                    head_lr: float | None, lr_decay: bool, range_kernel: str, init: str, crf_weight: float,
-                   consistency_weight: float, contrast_weight: float, seed: int, weights: str | None,
+                   consistency_weight: float, contrast_weight: float, layer_fixups: bool, seed: int,
+                   weights: str | None,
                    random_weights: bool, device: str, storage_secret: str | None) -> dict[str, Any]:
     """Train (or resume training of) a JBU stack; the checkpoint at ``checkpoint`` is the result."""
     from featup.pipeline import pick_device
@@ -33,6 +34,7 @@ def train_jbu_task(images: list[torch.Tensor], *, backbone: str, tap: str | None
     _, history = train_jbu(bb, images, steps, batch_size=batch_size, num_jitters=num_jitters, lr=lr,
                            head_lr=head_lr, lr_decay=lr_decay, range_kernel=range_kernel, init=init,
                            crf_weight=crf_weight, consistency_weight=consistency_weight, contrast_weight=contrast_weight,
+                           layer_fixups=layer_fixups,
                            image_size=image_size, seed=seed, checkpoint=checkpoint,
                            checkpoint_every=checkpoint_every, resume=True,
                            storage_options=storage_options(storage_secret),

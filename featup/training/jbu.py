@@ -121,6 +121,7 @@ def train_jbu(
     crf_weight: float = 0.0,
     consistency_weight: float = 0.0,
     contrast_weight: float = 0.0,
+    layer_fixups: bool = True,
     seed: int = 0,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
@@ -148,6 +149,9 @@ def train_jbu(
     ``contrast_weight`` adds the squared log ratio of each projected map's spatial spread on the backbone's
     grid, upsampled-and-pooled over the backbone's: the CRF term can be lowered by shrinking every feature,
     and a probe trained on the backbone's features misreads shrunken ones.
+    ``layer_fixups=False`` keeps each JBU layer's learned tap correction (its ``fixup_proj`` output) at zero, so
+    every layer stays a bilateral filter with positive taps in a learned colour space: the signed corrections
+    sharpen and keep meaning, but CAMs read them as noise (the shipped stride-32 head is trained without them).
     ``head_lr`` (default ``lr``) is the rate of the downsampler and the uncertainty net, which are linear in
     the backbone's channels: one NAdam step moves their outputs in proportion to the width, so a
     1280-channel head wants a smaller rate than the upsampler's to stay stable.
@@ -185,6 +189,8 @@ def train_jbu(
         config["consistency_weight"] = consistency_weight
     if contrast_weight:
         config["contrast_weight"] = contrast_weight
+    if not layer_fixups:
+        config["layer_fixups"] = False
     if lr_decay:
         config["steps"] = steps  # the schedule depends on the run's length
     if head_lr is not None:
@@ -196,6 +202,8 @@ def train_jbu(
             upsampler = create_upsampler("jbu", dim=backbone.dim, range_kernel=range_kernel)
             if init == "bilateral":
                 upsampler.init_bilateral()
+        if not layer_fixups:
+            _freeze_layer_fixups(upsampler)
         parts = nn.ModuleDict({
             "upsampler": upsampler,
             "downsampler": _make_downsampler(downsampler, backbone.dim, stride, stride),
@@ -307,6 +315,18 @@ def _upsampled_views(parts: nn.ModuleDict, features: torch.Tensor, image: torch.
     values, logits = hr.split([num_jitters * d, 1], 1)  # a split's backward fills no zeros, unlike slicing
     saliency = (logits + downsampler.saliency.bias).repeat_interleave(num_jitters, 0)
     return values.unflatten(1, (num_jitters, d)).flatten(0, 1), saliency
+
+
+def _freeze_layer_fixups(upsampler: nn.Module) -> None:
+    """Zero each JBU layer's tap correction and keep it there (``train_jbu(layer_fixups=False)``)."""
+    if not isinstance(upsampler, JBUStack):
+        raise ValueError(f"layer_fixups=False needs a JBUStack, got {type(upsampler).__name__}")
+    for layer in upsampler.layers:
+        correction = layer.fixup_proj[-1]
+        with torch.no_grad():
+            correction.weight.zero_()
+            correction.bias.zero_()
+        correction.requires_grad_(False)
 
 
 def _cells_and_targets(values: torch.Tensor, features: torch.Tensor, projection: torch.Tensor,

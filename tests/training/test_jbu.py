@@ -73,6 +73,25 @@ def test_the_contrast_term_adds_to_the_loss_and_a_resume_must_keep_it(backbone, 
         small_jbu(backbone, images, 2, checkpoint=path, resume=True)
 
 
+def test_without_layer_fixups_the_layers_keep_positive_taps_and_a_resume_must_agree(backbone, images, tmp_path):
+    path = tmp_path / "jbu.pt"
+    torch.manual_seed(123)  # small_jbu's upsampler, untrained
+    start = create_upsampler("jbu", dim=DIM, num_layers=2)
+    model, _ = small_jbu(backbone, images, 3, layer_fixups=False, checkpoint=path)
+    for layer, before in zip(model.layers, start.layers):
+        assert not layer.fixup_proj[-1].weight.any() and not layer.fixup_proj[-1].bias.any()
+        assert not torch.equal(layer.range_proj[0].weight, before.range_proj[0].weight)  # the rest learns
+        assert (layer.filters(torch.rand(1, 3, 8, 8)) >= 0).all()  # softmax taps, no signed correction
+    assert model.fixup_proj[1].weight.abs().sum() > 0  # the stack's 1×1 channel fixup still learns
+    with pytest.raises(ValueError, match="layer_fixups"):
+        small_jbu(backbone, images, 4, checkpoint=path, resume=True)
+    resumed, history = small_jbu(backbone, images, 4, checkpoint=path, resume=True, layer_fixups=False)
+    assert len(history) == 4 and not resumed.layers[0].fixup_proj[-1].weight.any()
+    with pytest.raises(ValueError, match="layer_fixups=False needs a JBUStack"):
+        train_jbu(backbone, images, 1, upsampler=create_upsampler("resize_conv", dim=DIM), layer_fixups=False,
+                  image_size=SIZE, progress=False)
+
+
 def test_simple_downsampler_and_image_sequences_of_any_size(backbone):
     images = [torch.rand(3, 40, 50), torch.rand(3, 33, 32)]
     model, history = small_jbu(backbone, images, 1, downsampler="simple")
