@@ -276,3 +276,15 @@ def s3_secret(prefect_api, s3_server) -> str:
 
     Secret(value=json.dumps(s3_server.storage_options())).save("featup-test-s3", overwrite=True)
     return "featup-test-s3"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): their
+    tensors are tiny, and a second thread costs more in synchronisation than it saves, badly so on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

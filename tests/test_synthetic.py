@@ -5,13 +5,7 @@ import torch.nn.functional as F
 from featup.synthetic import SyntheticBackbone, compare_on_synthetic, feature_metrics, synthetic_images
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny: a second thread costs more in synchronisation than it saves, badly so on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_images_are_seeded_rgb_in_range():

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from featup.synthetic import SyntheticBackbone
 
@@ -7,12 +6,8 @@ SIZE, STRIDE, DIM = 32, 8, 8
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny: a second thread costs more in synchronisation than it saves, badly so on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every training test runs on one thread (``one_thread`` in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
