@@ -14,6 +14,7 @@ just before the call.
     python bench/jbu_speed.py                 # forward: 112 channels → 224², batch 8
     python bench/jbu_speed.py --train         # plus train_jbu steps at batch 4 × 5 jitters, 224 px
     python bench/jbu_speed.py --threads 1     # one core each: the ratios a loaded machine disturbs least
+    python bench/jbu_speed.py --back-projection   # plus the shipped JBUs with and without a back-projection step
 """
 
 from __future__ import annotations
@@ -155,6 +156,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--train", action="store_true", help="also time training steps (batch 4 × 5 jitters)")
     p.add_argument("--train-steps", type=int, default=2)
+    p.add_argument("--back-projection", action="store_true",
+                   help="also time the shipped JBUs (stride 16, stride-32 head) with and without a back-projection step")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 compares per-core work, which "
                    "other jobs on a shared machine disturb less than the parallel run")
     p.add_argument("--memory", nargs=3, metavar=("KIND", "PATH", "INPUTS"), help=argparse.SUPPRESS)  # in the child
@@ -189,6 +192,33 @@ def main() -> None:
     print(f"\nnew / old forward: {min(times['new']) / min(times['old']):.3f}")
     if args.train:
         train_steps(backbone, photos, args.train_steps)
+    if args.back_projection:
+        back_projection_cost(images, args.repeats)
+
+
+def back_projection_cost(images: torch.Tensor, repeats: int) -> None:
+    """ms per image of each shipped JBU without and with a full back-projection step, beside its backbone.
+
+    Stride 16 (14×14 cells < 112 channels) pays a second pass; the 1280-channel head pools through its 49 cells. The
+    head runs on 2 images: its output at batch 8 is 2 GB, whose page faults swamp the timing.
+    """
+    from featup.upsamplers import load_upsampler
+
+    print("\n| forward, 224 px | batch | backbone ms | JBU ms, no step | with a step | step / none |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for tap, batch in ((None, images[:8]), ("stride32", images[:2])):
+        per = 1e3 / len(batch)
+        backbone = load_backbone("efficientnet_lite0", tap=tap)
+        plain, stepped = (load_upsampler("jbu", backbone=backbone.id, back_projection=step) for step in (0.0, 1.0))
+        with torch.no_grad():
+            low = backbone(backbone.normalize(batch))
+            t_backbone = best_of(lambda: backbone(backbone.normalize(batch)), repeats)
+            times: dict[str, list[float]] = {}
+            for name, jbu in [("none", plain), ("step", stepped)] * repeats:  # interleaved
+                times.setdefault(name, []).append(best_of(lambda: jbu(low, batch), 1))
+        none, step = min(times["none"]), min(times["step"])
+        print(f"| {backbone.id} ({backbone.dim} ch) | {len(batch)} | {t_backbone * per:.1f} | {none * per:.1f} | "
+              f"{step * per:.1f} | {step / none:.2f} |")
 
 
 def train_steps(backbone, photos, steps: int) -> None:
