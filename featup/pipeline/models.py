@@ -54,16 +54,17 @@ def feature_spec(
     """The spec of a store made by these models: the recipe :func:`build_models` rebuilds them from, with
     the weights' provenance (portable name and sha256 of the backbone's, sha256 of the upsampler's)."""
     h, w = size
+    built = getattr(upsampler, "upsampler_cfg", {})
     extra: dict[str, Any] = {"image_size": [h, w]}
-    if kwargs := getattr(upsampler, "upsampler_cfg", {}).get("upsampler_kwargs"):
-        # What the module was built with beyond its weights (e.g. a JBU's back_projections, recorded in its
+    if kwargs := built.get("upsampler_kwargs"):
+        # What the module was built with beyond its weights (e.g. a JBU's back_projection, recorded in its
         # checkpoint): the same weights built otherwise give other features.
         extra["upsampler_kwargs"] = dict(kwargs)
     return FeatureSpec(
         dataset=dataset, backbone=backbone.id, upsampler=upsampler_name, channels=backbone.dim, size=(h, w),
         dtype=dtype, lowres_size=(h // backbone.stride, w // backbone.stride) if keep_lowres else None,
         tap=backbone.tap, normalization=backbone.norm_config,
-        checkpoint_sha256=getattr(upsampler, "upsampler_cfg", {}).get("checkpoint_sha256"),
+        checkpoint_sha256=built.get("checkpoint_sha256"),
         weights=backbone.weights, weights_sha256=backbone.weights_sha256,
         upsampler_options=dict(upsampler_options or {}), extra=extra,
     )
