@@ -7,7 +7,7 @@ it drops less. Images are crops of the nine offline photos (``featup.data.offlin
 of ``bench/evaluate.py`` uses seed 0 with 8 crops per photo, so pick another seed for images it has not seen.
 
     python bench/cam_paired.py --crops-per-photo 16 --seed 5
-    python bench/cam_paired.py --jbu other=featup-out/run/jbu_efficientnet_lite0-stride32.pt
+    python bench/cam_paired.py --jbu other=featup-out/run/jbu_efficientnet_lite0-stride32.pt --back-projection 0.5 1
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def main() -> None:
     p.add_argument("--output-size", type=int, default=112, help="upsampled size of the CAM maps (the table's)")
     p.add_argument("--baseline", default="bilateral", help="registered upsampler the others are paired with")
     p.add_argument("--jbu", nargs="*", default=[], metavar="NAME=CHECKPOINT", help="more stride-32 JBUs to score")
+    p.add_argument("--back-projection", type=float, nargs="*", default=[], metavar="ALPHA",
+                   help="also score each --jbu checkpoint with these back-projection steps (0..1)")
     args = p.parse_args()
 
     head = load_backbone("efficientnet_lite0", tap="stride32")
@@ -47,6 +49,9 @@ def main() -> None:
     for spec in args.jbu:
         name, _, path = spec.partition("=")
         upsamplers[name] = load_upsampler("jbu", backbone=head.id, checkpoint=path)
+        for alpha in args.back_projection:
+            upsamplers[f"{name}, back-projection {alpha:g}"] = load_upsampler(
+                "jbu", backbone=head.id, checkpoint=path, back_projection=alpha)
     drops = {name: per_image_drops(head, images, up, args.output_size) for name, up in upsamplers.items()}
     base = drops[args.baseline]
     print(f"{len(images)} crops ({args.crops_per_photo} per photo, seed {args.seed}), CAMs at {args.output_size} px\n")

@@ -16,6 +16,7 @@ bicubic, the classical joint bilateral filter (``bilateral``, untrained) and the
 
     python bench/sharpness.py --photos held-out
     python bench/sharpness.py --taps stride16 --implicit --implicit-photos 6
+    python bench/sharpness.py --photos packaged --taps stride32 --jbu stride32=run.pt --back-projection 0 0.5 1
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="image side in px")
     parser.add_argument("--jbu", nargs="*", default=[], metavar="TAP=CHECKPOINT",
                         help="score these JBU checkpoints instead of the shipped ones")
+    parser.add_argument("--back-projection", type=float, nargs="*", default=[], metavar="ALPHA",
+                        help="also score each tap's JBU with these back-projection steps (0..1) instead of the "
+                             "one its checkpoint records")
     parser.add_argument("--implicit", action="store_true", help="also score implicit fits (the default recipe)")
     parser.add_argument("--implicit-steps", type=int, nargs="*", default=[], help="more implicit fit budgets to score")
     parser.add_argument("--implicit-photos", type=int, default=2, help="photos the implicit fits are scored on")
@@ -85,6 +89,9 @@ def main() -> None:
             "bilateral (classical)": create_upsampler("bilateral"),
             "jbu": jbu,
         }
+        for alpha in args.back_projection:
+            upsamplers[f"jbu, back-projection {alpha:g}"] = load_upsampler(
+                "jbu", backbone=backbone.id, checkpoint=checkpoints.get(tap), back_projection=alpha)
         score(backbone, upsamplers, low, images, edges)
         print()
         budgets = ([None] if args.implicit else []) + args.implicit_steps
