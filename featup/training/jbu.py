@@ -214,9 +214,9 @@ def train_jbu(
             {"params": parts["upsampler"].parameters(), "lr": rates[0]},
             {"params": [*parts["downsampler"].parameters(), *parts["scale"].parameters()], "lr": rates[1]},
         ])
-        start, history = 0, []
+        start, history, changes = 0, [], []
         if resume and checkpoint is not None:
-            start, history = _resume(checkpoint, config, parts, optimizer, storage_options)
+            start, history, changes = _resume(checkpoint, config, parts, optimizer, storage_options)
 
         bar = tqdm(total=steps, initial=start, desc=f"JBU on {backbone.name}", disable=not progress)
         for step in range(start, steps):
@@ -279,7 +279,7 @@ def train_jbu(
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             done = step + 1
             if checkpoint is not None and (done % checkpoint_every == 0 or done == steps):
-                _save_training(checkpoint, config, parts, optimizer, done, history, storage_options)
+                _save_training(checkpoint, config, changes, parts, optimizer, done, history, storage_options)
         bar.close()
     return parts["upsampler"].eval(), history
 
@@ -357,29 +357,43 @@ def _batch_indices(count: int, batch_size: int, step: int, seed: int) -> torch.T
     return order[offset * batch_size:(offset + 1) * batch_size]
 
 
-def _save_training(checkpoint: str | os.PathLike, config: dict, parts: nn.ModuleDict,
+def _save_training(checkpoint: str | os.PathLike, config: dict, changes: list[dict], parts: nn.ModuleDict,
                    optimizer: torch.optim.Optimizer, step: int, history: list[dict[str, float]],
                    storage_options: Mapping[str, Any] | None) -> None:
     upsampler = parts["upsampler"]
-    save_checkpoint(checkpoint, upsampler, {"backbone": config["backbone"], "step": step, "training": config},
-                    storage_options=storage_options)
+    meta = {"backbone": config["backbone"], "step": step, "training": config}
+    if changes:
+        meta["training_changes"] = changes
+    save_checkpoint(checkpoint, upsampler, meta, storage_options=storage_options)
     param_groups = [{k: v for k, v in group.items()} for group in optimizer.state_dict()["param_groups"]]
     save_checkpoint(training_state_path(checkpoint), _Tensors(_training_state(parts, optimizer)),
-                    {"step": step, "config": config, "history": history, "param_groups": param_groups},
+                    {"step": step, "config": config, "changes": changes, "history": history,
+                     "param_groups": param_groups},
                     storage_options=storage_options)
+
+
+# Settings a resumed run may change: they weigh the loss and shape no parameter or optimizer state, so a run can
+# go on from where it is with a new balance (recorded in the checkpoint's "training_changes").
+_LOSS_WEIGHTS = ("crf_weight", "consistency_weight", "contrast_weight")
 
 
 def _resume(checkpoint: str | os.PathLike, config: dict, parts: nn.ModuleDict, optimizer: torch.optim.Optimizer,
-            storage_options: Mapping[str, Any] | None) -> tuple[int, list[dict[str, float]]]:
+            storage_options: Mapping[str, Any] | None) -> tuple[int, list[dict[str, float]], list[dict]]:
     path = training_state_path(checkpoint)
     try:
         tensors, metadata = load_checkpoint(path, storage_options=storage_options)
     except FileNotFoundError:
-        return 0, []
+        return 0, [], []
     saved = metadata.get("config", {})
-    if saved != config:
-        changed = sorted(k for k in {*config, *saved} if saved.get(k) != config.get(k))
-        raise ValueError(f"cannot resume from {path}: it was trained with other settings ({', '.join(changed)}); "
-                         "pass the same settings, or another checkpoint path to start afresh")
+    changed = sorted(k for k in {*config, *saved} if saved.get(k) != config.get(k))
+    fixed = [k for k in changed if k not in _LOSS_WEIGHTS]
+    if fixed:
+        raise ValueError(f"cannot resume from {path}: it was trained with other settings ({', '.join(fixed)}); "
+                         "pass the same settings, or another checkpoint path to start afresh (only the loss weights "
+                         f"{', '.join(_LOSS_WEIGHTS)} may change when resuming)")
     _restore_training_state(tensors, metadata["param_groups"], parts, optimizer)
-    return int(metadata["step"]), [dict(r) for r in metadata["history"]]
+    step = int(metadata["step"])
+    changes = [dict(c) for c in metadata.get("changes", [])]
+    if changed:
+        changes.append({"step": step} | {k: [saved.get(k, 0.0), config.get(k, 0.0)] for k in changed})
+    return step, [dict(r) for r in metadata["history"]], changes

@@ -63,14 +63,21 @@ def test_resume_refuses_other_settings(backbone, images, tmp_path):
         small_jbu(backbone, images, 2, checkpoint=path, resume=True, lr=5e-3)
 
 
-def test_the_contrast_term_adds_to_the_loss_and_a_resume_must_keep_it(backbone, images, tmp_path):
+def test_the_contrast_term_adds_to_the_loss_and_a_resume_may_change_it_on_the_record(backbone, images, tmp_path):
     _, plain = small_jbu(backbone, images, 1)
     _, kept = small_jbu(backbone, images, 1, contrast_weight=1.0)
     assert kept[0]["mse"] == plain[0]["mse"] and kept[0]["loss"] > plain[0]["loss"]  # same step, one more term
     path = tmp_path / "jbu.pt"
     small_jbu(backbone, images, 1, checkpoint=path, contrast_weight=1.0)
-    with pytest.raises(ValueError, match="contrast_weight"):
-        small_jbu(backbone, images, 2, checkpoint=path, resume=True)
+    _, history = small_jbu(backbone, images, 2, checkpoint=path, resume=True, contrast_weight=3.0)
+    _, same_weight = small_jbu(backbone, images, 2, contrast_weight=1.0)
+    assert history[0] == same_weight[0] and history[1]["mse"] == same_weight[1]["mse"]  # the weight moves step 2
+    assert history[1]["loss"] > same_weight[1]["loss"]
+    _, again = small_jbu(backbone, images, 3, checkpoint=path, resume=True, contrast_weight=3.0, crf_weight=0.5)
+    assert len(again) == 3
+    changes = [{"step": 1, "contrast_weight": [1.0, 3.0]}, {"step": 2, "crf_weight": [0.0, 0.5]}]
+    assert torch.load(training_state_path(path), weights_only=True)["metadata"]["changes"] == changes
+    assert torch.load(path, weights_only=True)["metadata"]["training_changes"] == changes
 
 
 def test_without_layer_fixups_the_layers_keep_positive_taps_and_a_resume_must_agree(backbone, images, tmp_path):
