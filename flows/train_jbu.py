@@ -50,7 +50,7 @@ def train_jbu(
     """Train a JBU stack with FeatUp's multi-view loss; checkpoints go to any fsspec URL.
 
     Re-running with the same checkpoint URL resumes from the last saved step (a killed run loses at
-    most checkpoint_every steps).
+    most checkpoint_every steps); a resumed run may change only the loss weights, recorded in the checkpoint.
 
     Args:
         shards: Dataset folder or manifest.json URL of the training images.

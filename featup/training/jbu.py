@@ -158,7 +158,10 @@ def train_jbu(
 
     With ``checkpoint`` the upsampler is written there every ``checkpoint_every`` steps and at the end
     (load it with ``featup.upsamplers.load_upsampler("jbu", checkpoint=...)``), and the state to resume
-    from beside it (``training_state_path``); ``resume=True`` continues from that state when it exists.
+    from beside it (``training_state_path``); ``resume=True`` continues from that state when it exists. Every
+    setting must match the state's except the loss weights (``crf_weight``, ``consistency_weight``,
+    ``contrast_weight``): a resumed run may change those, and the checkpoint lists each change with its step
+    (``training_changes`` in its metadata).
     """
     check_backbone(backbone)
     count = len(images)
