@@ -52,11 +52,12 @@ RECIPES: dict[str, ImplicitRecipe] = {
     # featup before issue 13: the published objective on a pool of 256 views, 200 steps at a 10× rate.
     "featup-v0": ImplicitRecipe(),
     # The default: residual over the guided base (no back-projection: it painted texture into depth), uniform
-    # attention at the start, frequencies to e^4, edge-aware smoothness instead of blur-pin, TV and magnitude
-    # terms, a CPU budget (docs/bench/implicit.md).
-    "featup": ImplicitRecipe(steps=30, views=48, views_per_step=4, lr=1e-3, warmup_steps=5, pca_views=48,
+    # attention at the start, a gentle correction (frequencies to e^1, lr 1e-4: at this budget a faster or
+    # higher-frequency MLP painted colour texture and moved cells off the backbone's features, session 14),
+    # edge-aware smoothness instead of blur-pin, TV and magnitude terms, a CPU budget (docs/bench/implicit.md).
+    "featup": ImplicitRecipe(steps=30, views=48, views_per_step=4, lr=1e-4, warmup_steps=5, pca_views=48,
                              base="guided", guide_sigma_spatial=0.5, guide_sigma_range=0.25, guide_iterations=0,
-                             uniform_attention=True, max_log_freq=4.0, edge_weight=1.0, blur_pin_weight=0.0,
+                             uniform_attention=True, max_log_freq=1.0, edge_weight=1.0, blur_pin_weight=0.0,
                              magnitude_weight=0.0, tv_weight=0.0, dropout=0.0, learn_phases=False),
 }
 

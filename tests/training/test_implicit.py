@@ -147,6 +147,32 @@ def test_a_short_default_fit_keeps_meaning_on_a_real_photo():
     assert grad[edges].sum() / grad.sum() > 1.3 * grad_bilinear[edges].sum() / grad_bilinear.sum()
 
 
+@pytest.mark.slow
+def test_the_default_fit_keeps_its_bases_sharpness_and_meaning_on_the_cam_head():
+    # On the 1280-channel head the session-7 recipe (frequencies to e^4, lr 1e-3) turned its base's 5.43 edge
+    # concentration and 0.963 pooled cosine into 4.56 and 0.936 (9 packaged photos): the correction painted colour
+    # texture and moved cells off the backbone's features. The default fit must not undo its base.
+    from featup.backbones import load_backbone
+    from featup.eval.features import image_tensor
+    from featup.eval.sharpness import edge_concentration, image_edges, pooled_cosine
+    from featup.photos import sample_photos
+
+    backbone = load_backbone("efficientnet_lite0", tap="stride32")
+    image = image_tensor(sample_photos(["chelsea"])["chelsea"], 224)
+    edges = image_edges(image)
+    with torch.no_grad():
+        low = backbone(backbone.normalize(image))
+    scores = {}
+    for steps in (0, 30):
+        model = fit_implicit(image, backbone, steps=steps, views=16, pca_views=16, progress=False)
+        with torch.no_grad():
+            rendered = model(low, image)
+        scores[steps] = (edge_concentration(rendered, edges).item(), pooled_cosine(rendered, low).item())
+    (base_edges, base_cosine), (fit_edges, fit_cosine) = scores[0], scores[30]
+    assert fit_edges > 0.97 * base_edges, scores
+    assert fit_cosine > base_cosine - 0.01, scores
+
+
 def test_edge_aware_smoothness_charges_changes_inside_flat_regions_not_across_edges():
     from featup.losses import edge_aware_smoothness, image_edge_weights
 
