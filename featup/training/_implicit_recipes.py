@@ -36,6 +36,9 @@ class ImplicitRecipe:
     guide_sigma_range: float = 0.15
     guide_radius: int = 2
     guide_iterations: int = 10
+    guide_step: int | None = None
+    guide_refine_sigma_spatial: float = 1.5
+    guide_refine_sigma_range: float = 0.1
     n_freqs: int = 30
     min_log_freq: float = -2.0
     max_log_freq: float = 10.0
@@ -51,12 +54,14 @@ RECIPES: dict[str, ImplicitRecipe] = {
     "published": ImplicitRecipe(steps=1200, views=3000, lr=2e-3, lr_decay=False, windows="published"),
     # featup before issue 13: the published objective on a pool of 256 views, 200 steps at a 10× rate.
     "featup-v0": ImplicitRecipe(),
-    # The default: residual over the guided base (no back-projection: it painted texture into depth), uniform
+    # The default: residual over the guided base, 8× in one step then in image-guided doublings (sharper
+    # edges on the CAM head, session 15; no back-projection: it painted texture into depth), uniform
     # attention at the start, a gentle correction (frequencies to e^1, lr 1e-4: at this budget a faster or
     # higher-frequency MLP painted colour texture and moved cells off the backbone's features, session 14),
     # edge-aware smoothness instead of blur-pin, TV and magnitude terms, a CPU budget (docs/bench/implicit.md).
     "featup": ImplicitRecipe(steps=30, views=48, views_per_step=4, lr=1e-4, warmup_steps=5, pca_views=48,
                              base="guided", guide_sigma_spatial=0.5, guide_sigma_range=0.25, guide_iterations=0,
+                             guide_step=8,
                              uniform_attention=True, max_log_freq=1.0, edge_weight=1.0, blur_pin_weight=0.0,
                              magnitude_weight=0.0, tv_weight=0.0, dropout=0.0, learn_phases=False),
 }
@@ -75,6 +80,9 @@ def implicit_recipe(recipe: str | ImplicitRecipe = "featup", **overrides) -> Imp
     recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None or k == "projection_dim"})
     if recipe.base not in (None, *BASE_MODES):
         raise ValueError(f"unknown base {recipe.base!r}; choose None (the published model) or one of {BASE_MODES}")
+    if recipe.guide_step is not None and recipe.guide_step < 2:
+        raise ValueError(f"guide_step is the guided base's first upsampling factor: an integer ≥ 2, or None to "
+                         f"upsample in one step; got {recipe.guide_step}")
     if recipe.windows not in ("centred", "published"):
         raise ValueError(f"unknown windows {recipe.windows!r}; choose 'centred' or 'published'")
     if recipe.steps < 0 or recipe.views < 1 or recipe.views_per_step < 1:

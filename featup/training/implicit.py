@@ -7,11 +7,13 @@ magnitude, TV-of-magnitude and blur-pin regularisers. featup's default (``recipe
 multi-view likelihood and changes the model, the start and the budget (``docs/bench/implicit.md`` has
 the measurements behind each choice):
 
-- the model is a residual over a guided base: the backbone's own low-res features upsampled in one step by
-  joint bilateral upsampling from the feature cells (``featup.upsamplers.implicit.guided_upsample``, σs 0.5
-  cells, σr 0.25, no back-projection: back-projecting made the features follow texture and lost depth, and a
-  narrower σs left flat regions blocky, which a depth probe also reads), so the meaning is there from step 0
-  and the MLP, whose last layer starts at zero, only learns a correction;
+- the model is a residual over a guided base: the backbone's own low-res features upsampled by joint bilateral
+  upsampling from the feature cells (``featup.upsamplers.implicit.guided_upsample``), 8× in one step (σs 0.5
+  cells, σr 0.25) and then in doublings guided by the photo at each size (σs 1.5 of that stage's cells,
+  σr 0.1), so the meaning is there from step 0 and the MLP, whose last layer starts at zero, only learns a
+  correction. No back-projection: it made the features follow texture and lost depth; a narrower first σs
+  left flat regions blocky, which a depth probe also reads; the doublings put feature edges on the photo's
+  edges where one step from 32-px cells, whose mean colours blend both sides, left them soft (session 15);
 - the attention pooling starts as a plain window average (zero saliency weights): the published random
   saliency over features whose magnitude channel is ~10 makes the first steps' pooling so peaked that
   the first step's reconstruction error is 30–55× larger (astronaut, voc) and the MLP paints it away,

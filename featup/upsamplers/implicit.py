@@ -11,8 +11,9 @@ that keeps the features' meaning and the MLP only learns the correction (featup'
 without it, the published model. ``base_mode`` picks the upsampling: ``"bilinear"``; ``"bilateral"``, the
 registry's classical joint bilateral filter (``guide`` holds its ``spatial_sigma`` and ``colour_sigma``); or
 ``"guided"``: joint bilateral upsampling (Kopf et al. 2007; every pixel mixes the low-res cells around it by
-distance and by how close its colour is to theirs) with back-projection (the part that average pooling back onto
-the grid loses is upsampled the same way and added, ``guide_iterations`` times).
+distance and by how close its colour is to theirs), optionally in stages (a first ``step``× upsampling, then
+doublings guided by the image at each size) and with back-projection (the part that average pooling back onto
+the grid loses is upsampled the same way and added, ``iterations`` times).
 """
 
 from __future__ import annotations
@@ -52,43 +53,35 @@ class ChannelDropout(nn.Module):
 
 
 def guided_upsample(low: torch.Tensor, image: torch.Tensor, *, sigma_spatial: float = 0.8,
-                    sigma_range: float = 0.15, radius: int = 2, iterations: int = 10) -> torch.Tensor:
+                    sigma_range: float = 0.15, radius: int = 2, iterations: int = 10, step: int | None = None,
+                    refine_sigma_spatial: float = 1.5, refine_sigma_range: float = 0.1) -> torch.Tensor:
     """Joint bilateral upsampling of B×C×h×w features to the B×3×H×W image's size (0..1), with back-projection.
 
     Pixel p takes ``Σ_q k(p, q) low[q] / Σ_q k(p, q)`` over the (2·radius + 1)² low-res cells q around it,
     ``k = exp(-‖u_p - q‖² / (2 σ_s²) - ‖I(p) - Ī(q)‖² / (2 σ_r²))`` with u_p the pixel's position in cell
-    units and Ī the image averaged over each cell. Then ``iterations`` times: the cells' features minus the
-    upsampled features averaged back over each cell are upsampled the same way and added.
+    units and Ī the image averaged over each cell. With ``step`` the first upsampling goes only ``step``× (to
+    cells a few pixels wide) and the rest in doublings, each the same kernel guided by the image at that size,
+    with ``refine_sigma_spatial`` (in that stage's cells) and ``refine_sigma_range``: a small cell's mean colour
+    is one side of an edge rather than a blend of both, so the features' edges snap onto the photo's (the JBU's
+    stacked 2× stages do the same). Then ``iterations`` times: the cells'
+    features minus the upsampled features averaged back over each cell are upsampled the same way and added.
     """
     if low.ndim != 4 or image.ndim != 4 or image.shape[1] != 3 or image.shape[0] != low.shape[0]:
         raise ValueError(f"expected B×C×h×w features and a B×3×H×W image, got {tuple(low.shape)} and "
                          f"{tuple(image.shape)}")
-    h, w = low.shape[-2:]
+    if step is not None and step < 2:
+        raise ValueError(f"step is the first upsampling's factor: an integer ≥ 2, or None for one step; got {step}")
+    b, c, h, w = low.shape
     height, width = image.shape[-2:]
-    b, c = low.shape[:2]
-    cells = F.adaptive_avg_pool2d(image, (h, w))
-    uy = (torch.arange(height, device=low.device, dtype=low.dtype) + 0.5) * h / height - 0.5
-    ux = (torch.arange(width, device=low.device, dtype=low.dtype) + 0.5) * w / width - 0.5
-    cy, cx = uy.round().clamp(0, h - 1).long(), ux.round().clamp(0, w - 1).long()
-    # The upsampling is linear in the features: a matrix U (H·W × h·w) per image, built tap by tap.
-    weights, columns = [], []
-    for dy in range(-radius, radius + 1):
-        qy = cy + dy
-        for dx in range(-radius, radius + 1):
-            qx = cx + dx
-            inside = ((qy >= 0) & (qy < h))[:, None] & ((qx >= 0) & (qx < w))[None]
-            qy_, qx_ = qy.clamp(0, h - 1), qx.clamp(0, w - 1)
-            spatial = -((uy - qy)[:, None].square() + (ux - qx)[None].square()) / (2 * sigma_spatial**2)
-            colour = (image - cells[:, :, qy_][:, :, :, qx_]).square().sum(1)
-            logit = (spatial - colour / (2 * sigma_range**2)).masked_fill(~inside, float("-inf"))  # B×H×W
-            weights.append(logit)
-            columns.append((qy_[:, None] * w + qx_[None]).expand(height, width))
-    # Normalised in log space: a pixel whose colour is far from every nearby cell's would underflow to all-zero
-    # weights (and zero features) as a ratio of exponentials.
-    weights = torch.softmax(torch.stack(weights, -1), -1)
-    columns = torch.stack(columns, -1).expand(b, -1, -1, -1)
-    upsample = low.new_zeros(b, height * width, h * w)
-    upsample.scatter_add_(2, columns.reshape(b, height * width, -1), weights.reshape(b, height * width, -1))
+    # The upsampling is linear in the features: a matrix U (H·W × h·w) per image, made by upsampling the
+    # identity's h·w one-hot maps stage by stage.
+    operator = torch.eye(h * w, device=low.device, dtype=low.dtype).view(1, h * w, h, w).expand(b, -1, -1, -1)
+    for stage, size in enumerate(_stage_sizes((h, w), (height, width), step)):
+        guide = image if size == (height, width) else F.interpolate(
+            image, size=size, mode="bilinear", align_corners=False, antialias=True)
+        sigmas = (sigma_spatial, sigma_range) if stage == 0 else (refine_sigma_spatial, refine_sigma_range)
+        operator = _guided_stage(operator, guide, *sigmas, radius)
+    upsample = operator.flatten(2).transpose(1, 2)  # B×H·W×h·w
     # Back-projection is linear too: out = U · Σ_k (I − P·U)^k · low, with P the average pooling onto the cells.
     pooled = F.adaptive_avg_pool2d(upsample.transpose(1, 2).reshape(b * h * w, 1, height, width), (h, w))
     residual = torch.eye(h * w, device=low.device, dtype=low.dtype) - pooled.view(b, h * w, h * w).transpose(1, 2)
@@ -98,6 +91,49 @@ def guided_upsample(low: torch.Tensor, image: torch.Tensor, *, sigma_spatial: fl
         total = total + term
     out = upsample @ (total @ low.flatten(2).transpose(1, 2))  # B×H·W×C
     return out.transpose(1, 2).reshape(b, c, height, width)
+
+
+def _stage_sizes(low: tuple[int, int], high: tuple[int, int], step: int | None) -> list[tuple[int, int]]:
+    """Sizes a staged upsampling passes through: ``low`` × step, then doublings, capped at ``high``."""
+    if step is None:
+        return [high]
+    size = (min(low[0] * step, high[0]), min(low[1] * step, high[1]))
+    sizes = [size]
+    while size != high:
+        size = (min(size[0] * 2, high[0]), min(size[1] * 2, high[1]))
+        sizes.append(size)
+    return sizes
+
+
+def _guided_stage(low: torch.Tensor, image: torch.Tensor, sigma_spatial: float, sigma_range: float,
+                  radius: int) -> torch.Tensor:
+    """One joint bilateral upsampling of B×K×h×w maps to the B×3×H×W guide's size (``guided_upsample``'s kernel)."""
+    b, k, h, w = low.shape
+    height, width = image.shape[-2:]
+    cells = F.adaptive_avg_pool2d(image, (h, w))
+    uy = (torch.arange(height, device=low.device, dtype=low.dtype) + 0.5) * h / height - 0.5
+    ux = (torch.arange(width, device=low.device, dtype=low.dtype) + 0.5) * w / width - 0.5
+    cy, cx = uy.round().clamp(0, h - 1).long(), ux.round().clamp(0, w - 1).long()
+    logits, columns = [], []
+    for dy in range(-radius, radius + 1):
+        qy = cy + dy
+        for dx in range(-radius, radius + 1):
+            qx = cx + dx
+            inside = ((qy >= 0) & (qy < h))[:, None] & ((qx >= 0) & (qx < w))[None]
+            qy_, qx_ = qy.clamp(0, h - 1), qx.clamp(0, w - 1)
+            spatial = -((uy - qy)[:, None].square() + (ux - qx)[None].square()) / (2 * sigma_spatial**2)
+            colour = (image - cells[:, :, qy_][:, :, :, qx_]).square().sum(1)
+            logits.append((spatial - colour / (2 * sigma_range**2)).masked_fill(~inside, float("-inf")))  # B×H×W
+            columns.append((qy_[:, None] * w + qx_[None]).flatten())
+    # Normalised in log space: a pixel whose colour is far from every nearby cell's would underflow to all-zero
+    # weights (and zero features) as a ratio of exponentials.
+    weights = torch.softmax(torch.stack(logits, -1), -1).reshape(b, height * width, -1)  # B×H·W×taps
+    # Each output pixel is a weighted sum of (2·radius + 1)² cells' rows: an embedding bag.
+    columns = torch.stack(columns, -1)  # H·W×taps
+    flat = low.flatten(2).transpose(1, 2)  # B×h·w×K
+    out = torch.stack([F.embedding_bag(columns, flat[i], per_sample_weights=weights[i], mode="sum")
+                       for i in range(b)])
+    return out.transpose(1, 2).reshape(b, k, height, width)
 
 
 class ImplicitUpsampler(nn.Module):

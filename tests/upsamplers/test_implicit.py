@@ -97,17 +97,18 @@ def test_channel_dropout_drops_whole_channels_only_in_training():
 
 
 GUIDES = {"guided": {"sigma_spatial": 0.5, "sigma_range": 0.1, "radius": 2, "iterations": 3},
+          "guided-staged": {"sigma_spatial": 0.5, "sigma_range": 0.25, "radius": 2, "iterations": 0, "step": 2},
           "bilateral": {"spatial_sigma": 0.35, "colour_sigma": 0.05}, "bilinear": {}}
 
 
-@pytest.mark.parametrize("base_mode", ["guided", "bilinear", "bilateral"])
-def test_a_base_keeps_every_direction_of_the_features_not_only_the_pca_space(base_mode):
+@pytest.mark.parametrize("guide_name", ["guided", "guided-staged", "bilinear", "bilateral"])
+def test_a_base_keeps_every_direction_of_the_features_not_only_the_pca_space(guide_name):
     # A 1280-channel head fitted in 128 PCA directions lost the other directions' meaning (pooled cosine
     # 0.90): before the MLP has learned anything, the model must render exactly the base's upsampling of
     # ALL the features.
     torch.manual_seed(0)
     dim, grid, size = 12, (5, 7), (20, 28)
-    guide = GUIDES[base_mode]
+    base_mode, guide = guide_name.removesuffix("-staged"), GUIDES[guide_name]
     model = ImplicitUpsampler(dim, size, proj_dim=4, base_grid=grid, base_mode=base_mode, guide=guide)
     image = torch.rand(1, 3, *size)
     model.set_image(image)
