@@ -77,7 +77,9 @@ def implicit_recipe(recipe: str | ImplicitRecipe = "featup", **overrides) -> Imp
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise TypeError(f"unknown implicit fit options {unknown}; the recipe's fields are {sorted(names)}")
-    recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None or k == "projection_dim"})
+    # None means "not given" (CLI flags left unset), except for the fields where None is a setting of its own.
+    given = {k: v for k, v in overrides.items() if v is not None or k in ("projection_dim", "guide_step")}
+    recipe = replace(recipe, **given)
     if recipe.base not in (None, *BASE_MODES):
         raise ValueError(f"unknown base {recipe.base!r}; choose None (the published model) or one of {BASE_MODES}")
     if recipe.guide_step is not None and recipe.guide_step < 2:
