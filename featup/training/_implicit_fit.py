@@ -45,7 +45,8 @@ def _guide(cfg: ImplicitRecipe) -> dict:
         return {"spatial_sigma": cfg.guide_sigma_spatial, "colour_sigma": cfg.guide_sigma_range}
     return {"sigma_spatial": cfg.guide_sigma_spatial, "sigma_range": cfg.guide_sigma_range,
             "radius": cfg.guide_radius, "iterations": cfg.guide_iterations, "step": cfg.guide_step,
-            "refine_sigma_spatial": cfg.guide_refine_sigma_spatial, "refine_sigma_range": cfg.guide_refine_sigma_range}
+            "refine_sigma_spatial": cfg.guide_refine_sigma_spatial,
+            "refine_sigma_range": cfg.guide_refine_sigma_range}
 
 
 class _BatchFit:

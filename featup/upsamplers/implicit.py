@@ -63,8 +63,8 @@ def guided_upsample(low: torch.Tensor, image: torch.Tensor, *, sigma_spatial: fl
     cells a few pixels wide) and the rest in doublings, each the same kernel guided by the image at that size,
     with ``refine_sigma_spatial`` (in that stage's cells) and ``refine_sigma_range``: a small cell's mean colour
     is one side of an edge rather than a blend of both, so the features' edges snap onto the photo's (the JBU's
-    stacked 2× stages do the same). Then ``iterations`` times: the cells'
-    features minus the upsampled features averaged back over each cell are upsampled the same way and added.
+    stacked 2× stages do the same). Then ``iterations`` times: the cells' features minus the upsampled features
+    averaged back over each cell are upsampled the same way and added.
     """
     if low.ndim != 4 or image.ndim != 4 or image.shape[1] != 3 or image.shape[0] != low.shape[0]:
         raise ValueError(f"expected B×C×h×w features and a B×3×H×W image, got {tuple(low.shape)} and "
@@ -82,14 +82,18 @@ def guided_upsample(low: torch.Tensor, image: torch.Tensor, *, sigma_spatial: fl
         sigmas = (sigma_spatial, sigma_range) if stage == 0 else (refine_sigma_spatial, refine_sigma_range)
         operator = _guided_stage(operator, guide, *sigmas, radius)
     upsample = operator.flatten(2).transpose(1, 2)  # B×H·W×h·w
-    # Back-projection is linear too: out = U · Σ_k (I − P·U)^k · low, with P the average pooling onto the cells.
-    pooled = F.adaptive_avg_pool2d(upsample.transpose(1, 2).reshape(b * h * w, 1, height, width), (h, w))
-    residual = torch.eye(h * w, device=low.device, dtype=low.dtype) - pooled.view(b, h * w, h * w).transpose(1, 2)
-    total = term = torch.eye(h * w, device=low.device, dtype=low.dtype).expand(b, -1, -1)
-    for _ in range(iterations):
-        term = residual @ term
-        total = total + term
-    out = upsample @ (total @ low.flatten(2).transpose(1, 2))  # B×H·W×C
+    cells = low.flatten(2).transpose(1, 2)  # B×h·w×C
+    if iterations:
+        # Back-projection is linear too: out = U · Σ_k (I − P·U)^k · low, with P the average pooling onto the cells.
+        pooled = F.adaptive_avg_pool2d(upsample.transpose(1, 2).reshape(b * h * w, 1, height, width), (h, w))
+        eye = torch.eye(h * w, device=low.device, dtype=low.dtype)
+        residual = eye - pooled.view(b, h * w, h * w).transpose(1, 2)
+        total = term = eye.expand(b, -1, -1)
+        for _ in range(iterations):
+            term = residual @ term
+            total = total + term
+        cells = total @ cells
+    out = upsample @ cells  # B×H·W×C
     return out.transpose(1, 2).reshape(b, c, height, width)
 
 
